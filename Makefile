@@ -1,0 +1,77 @@
+# mambaserve — every target creates the venv and installs what it needs on a fresh machine.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+CHECKPOINT ?= checkpoints/default
+REPO ?= model_repository
+HTTP_PORT ?= 8000
+GRPC_PORT ?= 8001
+METRICS_PORT ?= 8002
+export HTTP_PORT GRPC_PORT METRICS_PORT
+
+.PHONY: help venv system-deps demo test test-slow lint data train evaluate repo serve bench bench-kernels soak clean
+
+help:
+	@echo "make demo   - set up, build the model repository, start tritonserver, transcribe the sample clips"
+	@echo "make test   - set up and run the test suite (real tritonserver, real clients)"
+	@echo "make train  - regenerate data and retrain the default checkpoint (~60 min on 2 CPU cores)"
+	@echo "make serve  - run tritonserver in the foreground on $(REPO)"
+	@echo "make bench / bench-kernels / soak / lint"
+
+# torch is installed first from its pin: an open range would pull gigabytes of CUDA wheels.
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip setuptools wheel
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e ".[all]"
+	touch $@
+
+venv: $(STAMP)
+
+# Debian packages the data generator and the observability tests use.
+system-deps:
+	@if ! command -v espeak-ng >/dev/null || ! command -v sox >/dev/null || ! command -v prometheus >/dev/null; then \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq espeak-ng sox prometheus >/dev/null; \
+	fi
+
+demo: venv
+	$(PY) -m mambaserve.build.demo --checkpoint $(CHECKPOINT) --repository $(REPO)
+
+test: venv system-deps
+	$(PY) -m pytest -m "not slow" -q
+
+test-slow: venv system-deps
+	$(PY) -m pytest -m slow -q
+
+lint: venv
+	$(VENV)/bin/ruff check .
+
+data: venv system-deps
+	$(PY) -m mambaserve.training.corpus --out data/corpus
+
+train: venv system-deps
+	$(PY) -m mambaserve.training.make_default --out $(CHECKPOINT)
+
+evaluate: venv
+	$(PY) -m mambaserve.training.evaluate --checkpoint $(CHECKPOINT) --manifest data/corpus/test_espeak.jsonl
+
+repo: venv
+	$(PY) -m mambaserve.build --checkpoint $(CHECKPOINT) --out $(REPO)
+
+serve: venv
+	$(PY) -m mambaserve.build.server --repository $(REPO)
+
+bench: venv system-deps
+	$(PY) -m mambaserve.loadtest.report
+
+bench-kernels: venv
+	$(PY) -m mambaserve.kernels.bench
+
+soak: venv
+	$(PY) -m mambaserve.loadtest.soak
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache
