@@ -1,1 +1,28 @@
-"""x"""
+"""Clients of the served `asr` model: audio loading, Python API, `mambaserve-transcribe`, `mambaserve-eval`.
+
+Names are resolved lazily so that `import mambaserve.clients.audio` (used by the data pipeline) does
+not pull in tritonclient.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+_EXPORTS = {
+    "load_audio": "mambaserve.clients.audio",
+    "AudioError": "mambaserve.clients.audio",
+    "ASRClient": "mambaserve.clients.client",
+    "AsyncASRClient": "mambaserve.clients.client",
+    "Transcription": "mambaserve.clients.request",
+    "ASRError": "mambaserve.clients.request",
+    "ServerError": "mambaserve.clients.request",
+    "ServerUnavailableError": "mambaserve.clients.request",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'mambaserve.clients' has no attribute {name!r}")
