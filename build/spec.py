@@ -98,3 +98,82 @@ class ModelSpec:
     outputs: tuple[TensorSpec, ...]
     max_batch_size: int = MAX_BATCH_SIZE
     extra: dict = field(default_factory=dict)
+
+
+# Tensors between the steps of `asr`. Dims written -1 where the size comes from the checkpoint
+# (n_mels, prefix width, vocabulary): `pipeline(...)` fills them in.
+FEATURES = TensorSpec("FEATURES", "TYPE_FP32", (-1, -1))  # [T_bucket, n_mels], zero right padding
+FEATURE_LENGTHS = TensorSpec("FEATURE_LENGTHS", "TYPE_INT64", (1,))  # valid frames of FEATURES
+PREFIX = TensorSpec("PREFIX", "TYPE_FP32", (-1, -1))  # [P, d_decoder] audio prefix of the decoder
+PREFIX_LENGTHS = TensorSpec("PREFIX_LENGTHS", "TYPE_INT64", (1,))
+CTC_LOGPROBS = TensorSpec("CTC_LOGPROBS", "TYPE_FP32", (-1, -1))  # [T2, vocab] encoder CTC head
+CTC_LENGTHS = TensorSpec("CTC_LENGTHS", "TYPE_INT64", (1,))
+
+FEATURE_BUCKET_FRAMES = 64
+"""The feature extractor pads FEATURES to a multiple of this many frames (0.64 s): Triton's C++
+onnxruntime/TensorRT backends batch only requests of identical shape, so bucketing lets requests of
+similar length share an encoder batch. The encoder is causal, so right padding leaves valid frames
+unchanged; FEATURE_LENGTHS carries the true length."""
+
+MAX_QUEUE_DELAY_MICROSECONDS = 2_000
+"""How long the dynamic batcher of each step waits to fill a batch."""
+
+
+@dataclass(frozen=True)
+class EnsembleStep:
+    """One step of an ensemble: model input/output name -> ensemble tensor name."""
+
+    model: str
+    input_map: dict[str, str]
+    output_map: dict[str, str]
+
+
+def _identity(*tensors: TensorSpec) -> dict[str, str]:
+    return {t.name: t.name for t in tensors}
+
+
+ASR_STEPS: tuple[EnsembleStep, ...] = (
+    EnsembleStep(FEATURE_EXTRACTOR, _identity(AUDIO), _identity(FEATURES, FEATURE_LENGTHS)),
+    EnsembleStep(
+        ENCODER,
+        _identity(FEATURES, FEATURE_LENGTHS),
+        _identity(PREFIX, PREFIX_LENGTHS, CTC_LOGPROBS, CTC_LENGTHS),
+    ),
+    EnsembleStep(
+        DECODER,
+        _identity(PREFIX, PREFIX_LENGTHS, CTC_LOGPROBS, CTC_LENGTHS, PROMPT),
+        _identity(TRANSCRIPT),
+    ),
+)
+"""The wiring of `asr`; the optional PROMPT goes straight from the ensemble's input to the decoder."""
+
+
+def pipeline(n_mels: int, prefix_dim: int, vocab_size: int) -> dict[str, ModelSpec]:
+    """The tensor contract of every model of the repository, for a checkpoint's sizes.
+
+    ``ragged``: inputs the python models accept with different shapes in one batch (they pad
+    themselves); the encoder gets same-shape batches only.
+    """
+    features = FEATURES.with_dims(-1, n_mels)
+    prefix = PREFIX.with_dims(-1, prefix_dim)
+    ctc = CTC_LOGPROBS.with_dims(-1, vocab_size)
+    return {
+        FEATURE_EXTRACTOR: ModelSpec(
+            FEATURE_EXTRACTOR,
+            inputs=(AUDIO,),
+            outputs=(features, FEATURE_LENGTHS),
+            extra={"ragged": (AUDIO.name,)},
+        ),
+        ENCODER: ModelSpec(
+            ENCODER,
+            inputs=(features, FEATURE_LENGTHS),
+            outputs=(prefix, PREFIX_LENGTHS, ctc, CTC_LENGTHS),
+        ),
+        DECODER: ModelSpec(
+            DECODER,
+            inputs=(prefix, PREFIX_LENGTHS, ctc, CTC_LENGTHS, PROMPT),
+            outputs=(TRANSCRIPT,),
+            extra={"ragged": (PREFIX.name, CTC_LOGPROBS.name)},
+        ),
+        ASR: ModelSpec(ASR, inputs=(AUDIO, PROMPT), outputs=(TRANSCRIPT,), extra={"steps": ASR_STEPS}),
+    }

@@ -1,0 +1,145 @@
+"""config.pbtxt generation: ModelSpec (build/spec.py) -> ModelConfig protobuf -> text.
+
+Configs are built as `tritonclient.grpc.model_config_pb2.ModelConfig` messages and printed with
+`google.protobuf.text_format`, so every field name and enum is checked by the schema when the config
+is made, not when a server first reads it; nothing is kept as hand-written text.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+from google.protobuf import text_format
+from mambaserve.build.spec import EnsembleStep, ModelSpec, TensorSpec
+from tritonclient.grpc import model_config_pb2 as pb
+
+KINDS = ("KIND_CPU", "KIND_GPU")
+
+
+@dataclass(frozen=True)
+class WarmupInput:
+    """One input of a warm-up request: zeros, or raw bytes in `<model>/warmup/<data_file>`."""
+
+    dims: tuple[int, ...]
+    data_file: str | None = None
+
+
+@dataclass(frozen=True)
+class Warmup:
+    name: str
+    inputs: Mapping[str, WarmupInput]
+    batch_size: int = 1
+
+
+@dataclass(frozen=True)
+class Deployment:
+    """How a model runs: where, how many instances, batching delay, backend parameters."""
+
+    kind: str = "KIND_CPU"
+    count: int = 1
+    max_queue_delay_us: int = 2_000
+    parameters: Mapping[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ValueError(f"instance kind must be one of {KINDS}, not {self.kind!r}")
+        if self.count < 1:
+            raise ValueError(f"instance count must be >= 1, not {self.count}")
+
+
+def _dtype(name: str) -> int:
+    try:
+        return pb.DataType.Value(name)
+    except ValueError:
+        raise ValueError(f"unknown Triton data type {name!r}") from None
+
+
+def _tensor(message, spec: TensorSpec, ragged: bool = False):
+    message.name = spec.name
+    message.data_type = _dtype(spec.dtype)
+    message.dims.extend(spec.dims)
+    if spec.optional:
+        message.optional = True
+    if ragged:
+        message.allow_ragged_batch = True
+    return message
+
+
+def model_config(
+    spec: ModelSpec,
+    *,
+    backend: str | None = None,
+    platform: str | None = None,
+    deployment: Deployment | None = None,
+    default_model_filename: str | None = None,
+    warmup: Sequence[Warmup] = (),
+) -> pb.ModelConfig:
+    """A non-ensemble model: tensors, batching, instance group, warm-up, parameters."""
+    if (backend is None) == (platform is None):
+        raise ValueError(f"model '{spec.name}': give exactly one of backend= or platform=")
+    deployment = deployment or Deployment()
+    config = pb.ModelConfig(name=spec.name, max_batch_size=spec.max_batch_size)
+    if backend:
+        config.backend = backend
+    if platform:
+        config.platform = platform
+    if default_model_filename:
+        config.default_model_filename = default_model_filename
+    config.version_policy.latest.num_versions = 1  # explicit: a new version replaces the served one
+    ragged = set(spec.extra.get("ragged", ()))
+    names = [t.name for t in (*spec.inputs, *spec.outputs)]
+    if len(set(names)) != len(names):
+        raise ValueError(f"model '{spec.name}': duplicate tensor names in {names}")
+    for t in spec.inputs:
+        _tensor(config.input.add(), t, ragged=t.name in ragged)
+    for t in spec.outputs:
+        _tensor(config.output.add(), t)
+    if spec.max_batch_size > 0:
+        config.dynamic_batching.max_queue_delay_microseconds = deployment.max_queue_delay_us
+    group = config.instance_group.add()
+    group.kind = pb.ModelInstanceGroup.Kind.Value(deployment.kind)
+    group.count = deployment.count
+    for key, value in sorted(deployment.parameters.items()):
+        config.parameters[key].string_value = str(value)
+    known = {t.name: t for t in spec.inputs}
+    for w in warmup:
+        message = config.model_warmup.add(name=w.name, batch_size=w.batch_size)
+        for name, value in w.inputs.items():
+            if name not in known:
+                raise ValueError(f"model '{spec.name}': warm-up input {name!r} is not an input")
+            entry = message.inputs[name]
+            entry.data_type = _dtype(known[name].dtype)
+            entry.dims.extend(value.dims)
+            if value.data_file:
+                entry.input_data_file = value.data_file
+            else:
+                entry.zero_data = True
+    return config
+
+
+def ensemble_config(spec: ModelSpec, steps: Sequence[EnsembleStep] | None = None) -> pb.ModelConfig:
+    """An ensemble (`platform: "ensemble"`): tensors and the step wiring; it has no instances."""
+    steps = steps if steps is not None else spec.extra["steps"]
+    config = pb.ModelConfig(name=spec.name, platform="ensemble", max_batch_size=spec.max_batch_size)
+    for t in spec.inputs:
+        _tensor(config.input.add(), t)
+    for t in spec.outputs:
+        _tensor(config.output.add(), t)
+    for step in steps:
+        message = config.ensemble_scheduling.step.add(model_name=step.model, model_version=-1)
+        for key, value in step.input_map.items():
+            message.input_map[key] = value
+        for key, value in step.output_map.items():
+            message.output_map[key] = value
+    return config
+
+
+def to_text(config: pb.ModelConfig) -> str:
+    """config.pbtxt text (stable field order, so rebuilding an unchanged model gives the same file)."""
+    return text_format.MessageToString(config, as_utf8=True)
+
+
+def from_text(text: str) -> pb.ModelConfig:
+    """Parse config.pbtxt text; raises text_format.ParseError on a field the schema does not know."""
+    return text_format.Parse(text, pb.ModelConfig())
