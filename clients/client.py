@@ -164,28 +164,28 @@ class ASRClient:
         _check_concurrency(concurrency)
         items = list(items)
         prompts = expand_prompts(prompt, len(items))
-        with ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="asr") as pool:
-            pending: dict[Future, int] = {}
-            queue = iter(range(len(items)))
-            try:
-                for i in queue:
-                    pending[pool.submit(self.transcribe, items[i], prompts[i])] = i
-                    if len(pending) >= concurrency:
-                        break
-                while pending:
-                    done, _ = wait(pending, return_when=FIRST_COMPLETED)
-                    for fut in done:
-                        i = pending.pop(fut)
-                        exc = fut.exception()
-                        yield i, (exc if exc is not None else fut.result())
-                        nxt = next(queue, None)
-                        if nxt is not None:
-                            pending[pool.submit(self.transcribe, items[nxt], prompts[nxt])] = nxt
-            finally:
-                for fut in pending:
-                    fut.cancel()
-        # The pool's threads are gone: close the connections they opened.
-        self._close_where(lambda thread: not thread.is_alive())
+        pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="asr")
+        pending: dict[Future, int] = {}
+        queue = iter(range(len(items)))
+        try:
+            for i in queue:
+                pending[pool.submit(self.transcribe, items[i], prompts[i])] = i
+                if len(pending) >= concurrency:
+                    break
+            while pending:
+                done, _ = wait(pending, return_when=FIRST_COMPLETED)
+                for fut in done:
+                    i = pending.pop(fut)
+                    exc = fut.exception()
+                    yield i, (exc if exc is not None else fut.result())
+                    nxt = next(queue, None)
+                    if nxt is not None:
+                        pending[pool.submit(self.transcribe, items[nxt], prompts[nxt])] = nxt
+        finally:
+            # Also when the caller stops iterating early: drop queued work, then close the
+            # connections of the pool's (now finished) threads.
+            pool.shutdown(wait=True, cancel_futures=True)
+            self._close_where(lambda thread: not thread.is_alive())
 
     def transcribe_many(self, items: Sequence[AudioInput], prompt: str | Sequence[str | None] | None = None,
                         concurrency: int = 4, return_exceptions: bool = False) -> list[Result]:
