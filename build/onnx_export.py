@@ -155,7 +155,7 @@ def check_parity(
         raise ValueError(f"parity shapes must differ from the trace shape {trace_shape}")
     if len({f for _, f in shapes} - {trace_shape[1]}) < 2:
         raise ValueError("parity needs at least two frame counts other than the trace length")
-    run = run or (lambda f, l: run_onnx(onnx_path, f, l))
+    run = run or (lambda feats, lens: run_onnx(onnx_path, feats, lens))
     module = module.eval()
     results = []
     for batch, frames in shapes:
