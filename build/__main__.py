@@ -1,0 +1,77 @@
+"""`python -m mambaserve.build --checkpoint DIR --out model_repository [--tensorrt] [--fp16] [--gpu]`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from mambaserve.build import spec
+from mambaserve.build.errors import BuildError
+
+MODELS = (spec.FEATURE_EXTRACTOR, spec.ENCODER, spec.DECODER)
+
+
+def _instances(values: list[str]) -> dict[str, int]:
+    """`--instances 2` (every model) and/or `--instances decoder=3` (one model)."""
+    counts: dict[str, int] = {}
+    for value in values:
+        name, _, count = value.rpartition("=")
+        try:
+            n = int(count)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"--instances {value!r}: expected N or MODEL=N") from None
+        if n < 1:
+            raise argparse.ArgumentTypeError(f"--instances {value!r}: the count must be >= 1")
+        if name and name not in MODELS:
+            raise argparse.ArgumentTypeError(f"--instances {value!r}: unknown model {name!r} (one of {MODELS})")
+        for model in [name] if name else MODELS:
+            counts[model] = n
+    return counts
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m mambaserve.build",
+        description="Build a new version of every model of a Triton model repository from a checkpoint.",
+    )
+    parser.add_argument("--checkpoint", required=True, help="checkpoint directory (model.safetensors, config.json, tokenizer.model)")
+    parser.add_argument("--out", default="model_repository", help="model repository to add the new versions to")
+    parser.add_argument("--tensorrt", action="store_true", help="build a TensorRT engine for the encoder (needs tensorrt + a GPU)")
+    parser.add_argument("--fp16", action="store_true", help="TensorRT engine in FP16")
+    parser.add_argument("--gpu", action="store_true", help="KIND_GPU instances for the encoder and decoder")
+    parser.add_argument("--instances", action="append", default=[], metavar="N|MODEL=N", help="instances per model (repeatable)")
+    parser.add_argument("--ort-threads", type=int, default=0, help="onnxruntime intra-op threads per encoder instance")
+    parser.add_argument("--torch-threads", type=int, default=0, help="torch threads per python model instance")
+    parser.add_argument("--decoding-method", choices=["greedy", "beam"], default=None, help="default: the checkpoint's")
+    parser.add_argument("--max-queue-delay-us", type=int, default=spec.MAX_QUEUE_DELAY_MICROSECONDS)
+    parser.add_argument("--no-verify-load", action="store_true", help="skip loading the result in a real tritonserver")
+    args = parser.parse_args(argv)
+    try:
+        instances = _instances(args.instances)
+    except argparse.ArgumentTypeError as e:
+        parser.error(str(e))
+
+    from mambaserve.build.repository import BuildOptions, build_repository
+
+    options = BuildOptions(
+        tensorrt=args.tensorrt,
+        fp16=args.fp16,
+        gpu=args.gpu,
+        instances=instances,
+        ort_threads=args.ort_threads,
+        torch_threads=args.torch_threads,
+        decoding_method=args.decoding_method,
+        max_queue_delay_us=args.max_queue_delay_us,
+        verify_load=not args.no_verify_load,
+    )
+    try:
+        build_repository(args.checkpoint, args.out, options, log=lambda s: print(s, flush=True))
+    except BuildError as e:
+        print(f"\nbuild FAILED: {e}", file=sys.stderr)
+        print(f"{args.out} was not changed.", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
