@@ -26,6 +26,8 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --upgrade pip setuptools wheel
 	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -e ".[all]"
+	# mamba-ssm as a CPU test reference only: no CUDA build, no deps (its imports come with [dev]).
+	MAMBA_FORCE_BUILD=TRUE MAMBA_SKIP_CUDA_BUILD=TRUE $(PY) -m pip install -q --no-deps --no-build-isolation mamba-ssm==2.3.2.post1
 	touch $@
 
 venv: $(STAMP)
