@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import logging
 import random
 
@@ -60,7 +61,9 @@ def test_items_only_limit_and_overlong_items(caplog: pytest.LogCaptureFixture) -
     batches = list(sampler)
     assert [10] in batches  # the 100 s item alone
     assert sorted(i for b in batches for i in b) == list(range(11))
-    only_items = list(BucketBatchSampler(durs, max_batch_seconds=None, max_batch_items=4, num_buckets=1, shuffle=False))
+    only_items = list(
+        BucketBatchSampler(durs, max_batch_seconds=None, max_batch_items=4, num_buckets=1, shuffle=False)
+    )
     assert [len(b) for b in only_items] == [4, 4, 3]
 
 
@@ -115,7 +118,7 @@ def test_resume_mid_epoch_yields_exactly_the_remaining_batches() -> None:
     assert list(end) == full_epoch1
 
     # The state survives torch.save / load (what a checkpoint does) and drives a DataLoader.
-    buf = __import__("io").BytesIO()
+    buf = io.BytesIO()
     torch.save(state, buf)
     buf.seek(0)
     again = BucketBatchSampler(durs, **kwargs)

@@ -44,7 +44,13 @@ def test_default_plan_keeps_held_out_data_out_of_training() -> None:
     """The full default-size plan (no audio): texts, words, rare words and voices of test never in train."""
     plans = plan_corpus()
     counts = {s: len(plans[s]) for s in SPLITS}
-    assert counts == {"train": 12_800, "dev": 300, "test_espeak": 300, "test_piper": 150, "test_hotwords": 200}
+    assert counts == {
+        "train": 12_800,
+        "dev": 300,
+        "test_espeak": 300,
+        "test_piper": 150,
+        "test_hotwords": 200,
+    }
     train = plans["train"]
     assert sum(j.engine == "piper" for j in train) == 800
     assert 0.25 < sum(bool(j.prompt) for j in train) / len(train) < 0.35
@@ -97,7 +103,9 @@ def test_tiny_corpus_writes_valid_manifests(tmp_path: Path) -> None:
     for split in SPLITS:
         path = out / f"{split}.jsonl"
         raw = [json.loads(line) for line in path.read_text().splitlines()]
-        assert all(not Path(r["audio"]).is_absolute() and r["audio"].startswith(f"audio/{split}/") for r in raw)
+        assert all(
+            not Path(r["audio"]).is_absolute() and r["audio"].startswith(f"audio/{split}/") for r in raw
+        )
         items, report = load_manifest(path, tolerance_s=0.002)  # durations must match the files closely
         assert report.n_skipped == 0 and len(items) == len(raw)
         for it in items:

@@ -35,7 +35,13 @@ def mixed_manifest(tmp_path: Path) -> Path:
     d = tmp_path / "corpus"
     good = [
         {"id": "good-1", "audio": "audio/g1.wav", "text": "hello there", "duration": 1.0},
-        {"id": "good-2", "audio": "audio/g2.wav", "text": "a float wav", "duration": 0.5, "prompt": "zorbeth"},
+        {
+            "id": "good-2",
+            "audio": "audio/g2.wav",
+            "text": "a float wav",
+            "duration": 0.5,
+            "prompt": "zorbeth",
+        },
         {"id": "good-3", "audio": str(d / "audio/g3.wav"), "text": "absolute path", "duration": 0.25},
     ]
     _write_wav(d / "audio/g1.wav", _tone(1.0))
@@ -55,13 +61,19 @@ def mixed_manifest(tmp_path: Path) -> Path:
         {"id": "wrong-duration", "audio": "audio/short.wav", "text": "x y", "duration": 3.0},
         {"id": "no-duration", "audio": "audio/short.wav", "text": "x y"},
     ]
-    lines = [json.dumps(it) for it in good[:2]] + [json.dumps(it) for it in bad] + ["{not json", json.dumps(good[2])]
+    lines = (
+        [json.dumps(it) for it in good[:2]]
+        + [json.dumps(it) for it in bad]
+        + ["{not json", json.dumps(good[2])]
+    )
     path = d / "mixed.jsonl"
     path.write_text("\n".join(lines) + "\n\n")
     return path
 
 
-def test_bad_items_are_counted_by_reason_and_skipped(mixed_manifest: Path, caplog: pytest.LogCaptureFixture) -> None:
+def test_bad_items_are_counted_by_reason_and_skipped(
+    mixed_manifest: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     with caplog.at_level(logging.WARNING):
         good, report = load_manifest(mixed_manifest)
     assert [it["id"] for it in good] == ["good-1", "good-2", "good-3"]
@@ -162,7 +174,9 @@ def _librispeech_fixture(root: Path) -> Path:
             uid = f"{spk}-{chap}-{utt}"
             lines.append(f"{uid} {text}")
             if text != "MISSING AUDIO HERE":
-                sf.write(str(folder / f"{uid}.flac"), _tone(0.5 + 0.25 * k), SR, format="FLAC", subtype="PCM_16")
+                sf.write(
+                    str(folder / f"{uid}.flac"), _tone(0.5 + 0.25 * k), SR, format="FLAC", subtype="PCM_16"
+                )
         (folder / f"{spk}-{chap}.trans.txt").write_text("\n".join(lines) + "\n")
     # Another split that a --splits filter must leave out.
     other = root / "LibriSpeech" / "dev-clean" / "84" / "121123"
@@ -186,7 +200,9 @@ def test_librispeech_reader(tmp_path: Path) -> None:
     assert len(only_split) == 3
 
 
-def test_librispeech_cli_writes_a_loadable_manifest(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_librispeech_cli_writes_a_loadable_manifest(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     root = _librispeech_fixture(tmp_path)
     out = tmp_path / "ls.jsonl"
     assert librispeech_main([str(root), "--out", str(out), "--splits", "test-clean"]) == 0

@@ -30,7 +30,9 @@ def test_shipped_samples_are_valid_and_held_out() -> None:
     assert not {it["text"] for it in items} & train
     prompted = [it for it in items if it.get("prompt")]
     assert len(prompted) == 1
-    assert set(prompted[0]["hotwords"]) <= set(parse_prompt(prompted[0]["prompt"])) <= set(hotword_pools(0).test)
+    assert (
+        set(prompted[0]["hotwords"]) <= set(parse_prompt(prompted[0]["prompt"])) <= set(hotword_pools(0).test)
+    )
 
 
 def test_samples_regenerate_identically(tmp_path: Path) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import random
 import re
+from collections import Counter
 
 import pytest
 from mambaserve.training.hotwords import (
@@ -95,7 +96,7 @@ def test_stdlib_sentences_look_like_prose() -> None:
         # as words, and none of their telltale words may appear glued together.
         assert not re.search(r"\b(?:def|self|http|https|www|args|kwargs|none none)\b", s), s
     # Most sentences are ordinary English: the most common words are function words.
-    top = {w for w, _ in __import__("collections").Counter(w for s in sentences for w in s.split()).most_common(10)}
+    top = {w for w, _ in Counter(w for s in sentences for w in s.split()).most_common(10)}
     assert {"the", "a", "to", "of", "is"} <= top
 
 
@@ -172,7 +173,9 @@ def test_rare_word_error_rate_hand_made() -> None:
     assert rare_word_counts(refs, hyps, hot) == (2, 5)
     assert rare_word_error_rate(refs, hyps, hot) == pytest.approx(0.4)
     # The word must be recognised in place: saying it elsewhere does not count.
-    assert rare_word_error_rate(["call zorbeth now please"], ["call now please zorbeth"], [["zorbeth"]]) == 1.0
+    assert (
+        rare_word_error_rate(["call zorbeth now please"], ["call now please zorbeth"], [["zorbeth"]]) == 1.0
+    )
     # Normalisation applies to references, hypotheses and hotwords alike.
     assert rare_word_error_rate(["Call Zorbeth!"], ["call zorbeth"], [["ZORBETH"]]) == 0.0
     assert rare_word_error_rate(["call zorbeth"], [""], [["zorbeth"]]) == 1.0

@@ -1,10 +1,12 @@
 """English sentences for speech synthesis, mined offline, with a train/dev/test split.
 
-Why the standard library's docstrings: they are the largest body of edited English prose that every
-Python install carries, so the corpus is reproducible without any download. Code-like sentences are
-dropped (backticks, doctest prompts, identifiers, URLs, markup), the rest is normalised with
-`normalize_text` and kept only if it has 4–20 words that are all common English words (wordfreq's
-top 25,000), because a small speech model cannot learn to spell a word it hears once.
+Why the standard library: its docstrings and comments are the largest body of edited English prose
+that every Python install carries, so the corpus is reproducible without any download. Code-like
+sentences are dropped (backticks, doctest prompts, identifiers, URLs, markup, Python names such as
+"self"), the rest is normalised with `normalize_text` and kept only if it has 4–20 words that are
+all common English words (wordfreq's top 25,000): a small speech model cannot learn to spell a word
+it hears once. Mining takes ~10 CPU-seconds, so the result is cached in ``$MAMBASERVE_CACHE`` (default
+``~/.cache/mambaserve``), keyed by interpreter, stdlib path, wordfreq version and this code.
 
 A second, smaller source fills everyday templates ("we will meet at the station on friday") with
 common words, so the model also hears short conversational sentences; prose dominates
