@@ -71,15 +71,19 @@ def selective_state_update_torch(
         d = d + dt_bias.to(cdt)
     if dt_softplus:
         d = F.softplus(d)
-    dA = torch.exp(d.unsqueeze(-1) * A.to(cdt))  # [n, dim, N]
-    dx = (d * x.to(cdt)).unflatten(1, (a.groups, -1))  # [n, G, dim/G]
-    dBx = (dx.unsqueeze(-1) * Bg.to(cdt).unsqueeze(2)).flatten(1, 2)  # [n, dim, N]
-    if slots is None and state.dtype == cdt and not _needs_grad(state, x, dt, A, B, dt_bias):
-        h = state[:n].mul_(dA).add_(dBx)  # in place through a view: no gather, no scatter
+    dA = (d.unsqueeze(-1) * A.to(cdt)).exp_()  # [n, dim, N]: the one large temporary
+    dx = (d * x.to(cdt)).unflatten(1, (a.groups, -1)).unsqueeze(-1)  # [n, G, dim/G, 1]
+    Bn = Bg.to(cdt).unsqueeze(2)  # [n, G, 1, N]
+    grad = _needs_grad(state, x, dt, A, B, dt_bias)
+    in_place = slots is None and state.dtype == cdt and not grad
+    if in_place:
+        h = state[:n].mul_(dA)  # through a view of the first rows: no gather, no scatter, no copy
     else:
-        # A copy of the old rows: autograd keeps it for backward while `state` is overwritten.
-        old = state[:n].clone() if slots is None else state.index_select(0, slots)
-        h = torch.addcmul(dBx, old.to(cdt), dA)
+        old = state[:n].to(cdt, copy=True) if slots is None else state.index_select(0, slots).to(cdt)
+        # Out of place under autograd: backward keeps `old` while `state` is overwritten.
+        h = old * dA if grad else old.mul_(dA)
+    h.unflatten(1, (a.groups, -1)).addcmul_(dx, Bn)  # += dt x B, broadcast: no [n, dim, N] temporary
+    if not in_place:
         if slots is None:
             state[:n].copy_(h)
         else:
@@ -124,16 +128,19 @@ def causal_conv1d_update_torch(
 
 
 def final_conv_states(x: torch.Tensor, initial_states: torch.Tensor | None, width: int) -> torch.Tensor:
-    """The last W-1 inputs, reaching into initial_states (or zeros) when L < W-1; x's dtype.
-
-    Branch-free in L so that a traced/exported graph stays valid for every length."""
+    """The last W-1 inputs, reaching into initial_states (or zeros) when L < W-1; x's dtype."""
     keep = width - 1
+    seqlen = x.shape[-1]
+    tracing = torch.compiler.is_compiling() or torch.compiler.is_exporting()
+    if not tracing and seqlen >= keep:
+        return x[..., seqlen - keep :].clone(memory_format=torch.contiguous_format)
     left = (
         initial_states.to(x.dtype)
         if initial_states is not None
         else torch.zeros(x.shape[0], x.shape[1], keep, dtype=x.dtype, device=x.device)
     )
-    return torch.cat([left, x[..., -keep:]], dim=-1)[..., -keep:].contiguous()
+    # Traced graphs take this branch for every L: no guard on the (symbolic) length.
+    return torch.cat([left, x], dim=-1)[..., -keep:].contiguous()
 
 
 def causal_conv1d_fn_torch(

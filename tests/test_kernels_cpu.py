@@ -249,6 +249,58 @@ def test_conv_paths_differentiable():
                                            up["bias"].requires_grad_()))  # fmt: skip
 
 
+# ---------------------------------------------------------------- torch.export (what the ONNX export traces)
+
+
+class _Prefill(torch.nn.Module):
+    def __init__(self, dim: int = 8, dstate: int = 4, width: int = 4) -> None:
+        super().__init__()
+        g = torch.Generator().manual_seed(0)
+        self.w = torch.nn.Parameter(torch.randn(dim, width, generator=g))
+        self.A = torch.nn.Parameter(-torch.rand(dim, dstate, generator=g) - 0.2)
+        self.D = torch.nn.Parameter(torch.randn(dim, generator=g))
+
+    def forward(self, x, dt, B, C, conv0, ssm0):
+        xc, conv1 = kernels.causal_conv1d_fn(x, self.w, None, conv0, True, "silu")
+        y, ssm1 = kernels.selective_scan(xc, dt, self.A, B, C, self.D, None, None, True, True, ssm0)
+        return y, conv1, ssm1
+
+
+class _Step(_Prefill):
+    def forward(self, x, dt, B, C, conv_state, ssm_state):
+        xc = kernels.causal_conv1d_update(x, conv_state, self.w, None, "silu")
+        return kernels.selective_state_update(ssm_state, xc, dt, self.A, B, C, self.D, dt_softplus=True)
+
+
+def test_torch_export_with_dynamic_length_and_in_place_decode_step():
+    """torch.export must not freeze the sequence length (e.g. by guarding on L >= W-1) and must keep
+    the decode step's in-place state updates."""
+    def prefill_args(n):
+        g = torch.Generator().manual_seed(n)
+        return (torch.randn(2, 8, n, generator=g), torch.randn(2, 8, n, generator=g), torch.randn(2, 4, n, generator=g),
+                torch.randn(2, 4, n, generator=g), torch.randn(2, 8, 3, generator=g), torch.randn(2, 8, 4, generator=g))  # fmt: skip
+
+    model = _Prefill()
+    length = torch.export.Dim("L", min=1, max=4096)
+    dyn = ({2: length}, {2: length}, {2: length}, {2: length}, None, None)
+    exported = torch.export.export(model, prefill_args(16), dynamic_shapes=dyn).module()
+    for n in (1, 2, 5, 33):
+        for got, want in zip(exported(*prefill_args(n)), model(*prefill_args(n))):
+            assert got.shape == want.shape and rel_err(got, want) < 1e-6
+
+    step = _Step()
+    args = prefill_args(1)
+    args = (args[0][..., 0], args[1][..., 0], args[2][..., 0], args[3][..., 0], args[4], args[5])
+    program = torch.export.export(step, tuple(a.clone() for a in args)).module()
+    mine = tuple(a.clone() for a in args)
+    out = program(*mine)
+    want_state = tuple(a.clone() for a in args)
+    want = step(*want_state)
+    assert rel_err(out, want) < 1e-6
+    assert rel_err(mine[4], want_state[4]) < 1e-6 and rel_err(mine[5], want_state[5]) < 1e-6
+    assert rel_err(mine[5], args[5]) > 1e-3  # the exported step really updated the state in place
+
+
 # ---------------------------------------------------------------- errors
 
 
