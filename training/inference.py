@@ -1,0 +1,99 @@
+"""In-process recognition: the reference pipeline that served transcripts are compared against.
+
+The serving decoder backend adapts Triton requests to ``Recognizer.decode``; ``transcribe`` runs
+the whole pipeline (features, PyTorch encoder, decoder) in this process.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from mambaserve.training.checkpoint import Checkpoint, load_checkpoint
+from mambaserve.training.model import EncoderOutput
+from mambaserve.training.search import beam_search, greedy_search, max_decode_lengths
+from torch import Tensor
+
+__all__ = ["EncoderOutput", "Recognizer"]
+
+MAX_PROMPT_BYTES = 1024
+METHODS = ("greedy", "beam")
+
+
+class Recognizer:
+    def __init__(self, checkpoint: Checkpoint | str | Path, device: str | torch.device = "cpu") -> None:
+        if not isinstance(checkpoint, Checkpoint):
+            checkpoint = load_checkpoint(checkpoint, device)
+        self.checkpoint = checkpoint
+        self.model = checkpoint.model.eval()
+        self.tokenizer = checkpoint.tokenizer
+        self.config = checkpoint.config
+        self.device = torch.device(device)
+        f = self.config.features
+        self.frame_seconds = f.hop_length * self.config.encoder.subsampling / f.sample_rate
+
+    def validate_prompt(self, prompt: str | bytes | None) -> list[int]:
+        """Token ids of a prompt; ValueError naming the limit when it is not usable."""
+        if prompt is None:
+            return []
+        if isinstance(prompt, bytes):
+            if len(prompt) > MAX_PROMPT_BYTES:
+                raise ValueError(f"PROMPT is {len(prompt)} bytes; the limit is {MAX_PROMPT_BYTES} bytes")
+            try:
+                prompt = prompt.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise ValueError(f"PROMPT is not valid UTF-8 ({e.reason} at byte {e.start})") from None
+        if len(prompt.encode("utf-8")) > MAX_PROMPT_BYTES:
+            raise ValueError(f"PROMPT is longer than {MAX_PROMPT_BYTES} bytes of UTF-8")
+        return self.tokenizer.encode(prompt)
+
+    @torch.no_grad()
+    def features(self, audio: Sequence[np.ndarray]) -> tuple[Tensor, Tensor]:
+        lengths = torch.tensor([len(a) for a in audio], dtype=torch.long)
+        batch = torch.zeros(len(audio), int(lengths.max()) if len(audio) else 0)
+        for i, a in enumerate(audio):
+            batch[i, : len(a)] = torch.as_tensor(a, dtype=torch.float32)
+        feats, feat_lengths = self.model.features(batch.to(self.device), lengths.to(self.device))
+        return feats, feat_lengths
+
+    @torch.no_grad()
+    def encode(self, feats: Tensor, feat_lengths: Tensor) -> EncoderOutput:
+        enc, _ = self.model.encode(feats.to(self.device), feat_lengths.to(self.device))
+        return enc
+
+    @torch.no_grad()
+    def decode_ids(
+        self,
+        enc: EncoderOutput,
+        prompts: Sequence[str | bytes | None] | None = None,
+        method: str | None = None,
+        beam_size: int | None = None,
+        ctc_weight: float | None = None,
+    ) -> list[list[int]]:
+        d = self.config.decoding
+        method = method or d.method
+        if method not in METHODS:
+            raise ValueError(f"decoding method must be one of {METHODS}, got {method!r}")
+        batch = enc.prefix.shape[0]
+        prompt_ids = [self.validate_prompt(p) for p in (prompts or [None] * batch)]
+        max_lengths = max_decode_lengths(enc.ctc_lengths, self.frame_seconds, d.max_tokens_per_second, d.min_tokens)
+        decoder = self.model.decoder
+        if method == "greedy":
+            return greedy_search(decoder, enc, prompt_ids, max_lengths, self.config.eos_id)
+        return beam_search(
+            decoder, enc, prompt_ids, max_lengths, self.config.eos_id, self.config.blank_id,
+            beam_size=beam_size or d.beam_size,
+            ctc_weight=d.ctc_weight if ctc_weight is None else ctc_weight,
+            length_penalty=d.length_penalty,
+        )  # fmt: skip
+
+    def decode(self, enc: EncoderOutput, prompts: Sequence[str | bytes | None] | None = None, **kwargs) -> list[str]:
+        return [self.tokenizer.decode(ids) for ids in self.decode_ids(enc, prompts, **kwargs)]
+
+    def transcribe(
+        self, audio: Sequence[np.ndarray], prompts: Sequence[str | bytes | None] | None = None, **kwargs
+    ) -> list[str]:
+        feats, feat_lengths = self.features(audio)
+        return self.decode(self.encode(feats, feat_lengths), prompts, **kwargs)
