@@ -26,8 +26,9 @@ Public API (mamba-ssm / causal-conv1d argument names; tensors keep their layout,
         chunks and seed causal_conv1d_update.
 
 Dispatch: CUDA tensors run the Triton kernels (`selective_scan_triton.py`, `selective_state_update_triton.py`,
-`causal_conv1d_triton.py`); CPU tensors run PyTorch (`torch_ops.py`; the scan uses `scan_cpu.py` when
-present, else the float64 reference). `MAMBASERVE_KERNELS_BACKEND=torch|triton` forces one side
+`causal_conv1d_triton.py`); CPU tensors, and CUDA tensors when autograd needs a backward (the kernels
+are forward-only), run PyTorch (`torch_ops.py`; the scan uses `scan_cpu.py` when present, else the
+float64 reference). `MAMBASERVE_KERNELS_BACKEND=torch|triton` forces one side
 (`triton` on CPU tensors needs TRITON_INTERPRET=1). Triton is imported only when a CUDA op runs, so
 importing this package is cheap. All paths accumulate in fp32 and raise the same errors for bad input.
 See kernels/README.md.
@@ -45,10 +46,16 @@ if TYPE_CHECKING:
 __all__ = ["causal_conv1d_fn", "causal_conv1d_update", "selective_scan", "selective_state_update"]
 
 
-def _use_triton(t: torch.Tensor) -> bool:
+def _use_triton(t: torch.Tensor, *inputs: torch.Tensor | None) -> bool:
+    """CUDA -> Triton, unless autograd needs a backward (the kernels have none): then the PyTorch
+    path, which is differentiable and runs on any device."""
     backend = os.environ.get("MAMBASERVE_KERNELS_BACKEND", "auto")
     if backend == "auto":
-        return t.is_cuda
+        if not t.is_cuda:
+            return False
+        import torch
+
+        return not (torch.is_grad_enabled() and any(x is not None and x.requires_grad for x in inputs))
     if backend not in ("torch", "triton"):
         raise ValueError(f"MAMBASERVE_KERNELS_BACKEND must be auto, torch or triton, got {backend!r}")
     return backend == "triton"
@@ -83,7 +90,7 @@ def selective_scan(
     return_last_state: bool = False,
     initial_state: torch.Tensor | None = None,
 ):
-    if _use_triton(u):
+    if _use_triton(u, u, delta, A, B, C, D, z, delta_bias, initial_state):
         from .selective_scan_triton import selective_scan_triton
 
         return selective_scan_triton(
@@ -112,7 +119,7 @@ def selective_state_update(
     state_batch_indices: torch.Tensor | None = None,
     pad_slot_id: int = -1,
 ) -> torch.Tensor:
-    if _use_triton(x):
+    if _use_triton(x, state, x, dt, A, B, C, D, z, dt_bias):
         from .selective_state_update_triton import selective_state_update_triton as impl
     else:
         from .torch_ops import selective_state_update_torch as impl
@@ -128,7 +135,7 @@ def causal_conv1d_update(
     conv_state_indices: torch.Tensor | None = None,
     pad_slot_id: int = -1,
 ) -> torch.Tensor:
-    if _use_triton(x):
+    if _use_triton(x, x, conv_state, weight, bias):
         from .causal_conv1d_triton import causal_conv1d_update_triton as impl
     else:
         from .torch_ops import causal_conv1d_update_torch as impl
@@ -143,7 +150,7 @@ def causal_conv1d_fn(
     return_final_states: bool = False,
     activation: str | None = None,
 ):
-    if _use_triton(x):
+    if _use_triton(x, x, weight, bias, initial_states):
         from .causal_conv1d_triton import causal_conv1d_fn_triton as impl
     else:
         from .torch_ops import causal_conv1d_fn_torch as impl

@@ -326,6 +326,23 @@ def test_errors_name_the_field_and_the_limit():
         kernels.causal_conv1d_update(**conv | {"activation": "relu"})
 
 
+def test_cuda_routing_falls_back_to_pytorch_when_autograd_needs_a_backward(monkeypatch):
+    """The Triton kernels are forward-only. No GPU here, so only the routing decision is checked, on a
+    stand-in for a CUDA tensor."""
+    from mambaserve.kernels import _use_triton
+
+    monkeypatch.delenv("MAMBASERVE_KERNELS_BACKEND", raising=False)
+    cuda = types.SimpleNamespace(is_cuda=True)
+    w = torch.zeros(3, requires_grad=True)
+    assert _use_triton(cuda, torch.zeros(3), None)
+    assert not _use_triton(cuda, torch.zeros(3), w)
+    with torch.no_grad():
+        assert _use_triton(cuda, w)
+    assert not _use_triton(torch.zeros(3), torch.zeros(3))
+    monkeypatch.setenv("MAMBASERVE_KERNELS_BACKEND", "triton")
+    assert _use_triton(torch.zeros(3), w)
+
+
 # ---------------------------------------------------------------- light import
 
 
