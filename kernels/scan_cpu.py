@@ -22,6 +22,8 @@ from torch import Tensor
 
 _CHUNK_ELEMENTS = 1 << 19
 """Target size (elements of the [chunk, B, D, N] state tensors) of one time chunk."""
+_MIN_CHUNK = 16
+"""Fewest time steps per chunk: below this, per-op overhead outweighs the cache benefit."""
 
 
 class _LinearRecurrence(torch.autograd.Function):
@@ -119,7 +121,7 @@ def selective_scan_cpu(
     n = A.shape[1]
     u, delta, A, B, C = _prepare(u, delta, A, B, C, delta_bias, delta_softplus)
     h = u.new_zeros(batch, dim, n) if initial_state is None else initial_state.to(u.dtype)
-    chunk = max(1, _CHUNK_ELEMENTS // max(1, batch * dim * n))
+    chunk = max(_MIN_CHUNK, _CHUNK_ELEMENTS // max(1, batch * dim * n))
     b_eq, c_eq = _bc_equation(B), _bc_equation(C)
     deltau = delta * u
     ys = []
