@@ -164,7 +164,12 @@ def build_repository(
         onnx_path = enc_dir / "model.onnx"
 
         steps.start("exporting the encoder to ONNX (dynamic batch and frames)")
-        exporter(encoder_module, onnx_path, n_mels=n_mels)
+        try:
+            exporter(encoder_module, onnx_path, n_mels=n_mels)
+        except BuildError:
+            raise
+        except Exception as e:  # any exporter failure is a build failure with the exporter's reason
+            raise BuildError(f"ONNX export of the encoder failed: {type(e).__name__}: {e}") from e
         log(f"      {onnx_path.name}: {onnx_path.stat().st_size / 1e6:.1f} MB")
 
         steps.start(f"checking ONNX against PyTorch at (batch, frames) {list(onnx_export.PARITY_SHAPES)}")
