@@ -5,9 +5,11 @@ The state of a stack is two fixed-size tensors, whatever the length of what came
 ``ssm [n_layers, B, d_inner, d_state]``. Stacking layers in one tensor lets a slot pool, a beam
 reorder or an ONNX graph handle the whole state as two tensors.
 
-Masks make padded positions exact no-ops for the state: a masked position feeds zeros to the
-convolution and a zero step size to the scan (decay 1, input 0). With left padding a batch of
-different lengths therefore ends in exactly the per-sequence states.
+Masks make padded positions exact no-ops for the SSM state: a masked position feeds zeros to the
+convolution and a zero step size to the scan (decay 1, input 0). Two layouts are exact:
+- left padding, from a zero state (prefill of a fresh batch): the pads look like the zero history;
+- right padding, from any state (streaming chunks and session turns of different lengths): the scan
+  state freezes after each row's last real step, and the conv state is taken at each row's own end.
 """
 
 from __future__ import annotations
@@ -49,6 +51,16 @@ class MambaState:
 
     def nbytes(self) -> int:
         return self.conv.numel() * self.conv.element_size() + self.ssm.numel() * self.ssm.element_size()
+
+
+def _conv_state_at_ends(conv_state: Tensor, xi: Tensor, mask: Tensor) -> Tensor:
+    """The last d_conv-1 inputs before each row's end (the position after its last real step)."""
+    keep = conv_state.shape[-1]
+    history = torch.cat([conv_state.to(xi.dtype), xi], dim=-1)  # [B, D, keep + L]
+    positions = torch.arange(mask.shape[1], device=mask.device)
+    ends = torch.where(mask > 0, positions + 1, 0).amax(dim=1)  # 0 when a row has no real step
+    index = (ends[:, None] + torch.arange(keep, device=mask.device))[:, None, :].expand(-1, xi.shape[1], -1)
+    return torch.gather(history, 2, index).contiguous()
 
 
 class MambaBlock(nn.Module):
@@ -102,6 +114,8 @@ class MambaBlock(nn.Module):
         xc, new_conv = kernels.causal_conv1d_fn(
             xi, self.conv_weight, self.conv_bias, initial_states=conv_state, return_final_states=True, activation="silu"
         )
+        if mask is not None and not torch.compiler.is_exporting():
+            new_conv = _conv_state_at_ends(conv_state, xi, mask)
         dt, B, C = self._ssm_inputs(xc.transpose(1, 2))
         A = -torch.exp(self.A_log.float())
         delta = dt.transpose(1, 2)

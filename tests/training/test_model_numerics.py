@@ -128,6 +128,28 @@ def test_left_padded_batch_equals_single_items(model64: SpeechMamba) -> None:
             assert rel_err(state.conv[:, i], s.conv[:, 0]) < 1e-10
 
 
+def test_right_padded_batch_from_carried_states_equals_single_items(model64: SpeechMamba) -> None:
+    """Streaming layout: rows continue from different states with different chunk lengths."""
+    stack = model64.decoder.mamba
+    g = torch.Generator().manual_seed(5)
+    d = model64.config.decoder.mamba.d_model
+    from mambaserve.training.mamba import MambaState
+
+    state = MambaState.zeros(model64.config.decoder.mamba, 3)
+    state = MambaState(torch.randn(state.conv.shape, generator=g, dtype=torch.float64),
+                       torch.randn(state.ssm.shape, generator=g, dtype=torch.float64))  # fmt: skip
+    lengths = [7, 2, 5]
+    x = torch.randn(3, 7, d, generator=g, dtype=torch.float64)
+    mask = (torch.arange(7)[None, :] < torch.tensor(lengths)[:, None]).double()
+    with torch.no_grad():
+        out, new = stack(x, state, mask=mask)
+        for i, n in enumerate(lengths):
+            ref_out, ref = stack(x[i : i + 1, :n], state.select(torch.tensor([i])))
+            assert rel_err(out[i, :n], ref_out[0]) < 1e-10
+            assert rel_err(new.ssm[:, i], ref.ssm[:, 0]) < 1e-10
+            assert rel_err(new.conv[:, i], ref.conv[:, 0]) < 1e-10
+
+
 def test_decoder_state_size_is_fixed(model64: SpeechMamba) -> None:
     dec = model64.decoder
     prefix, lengths = _prefix(model64, 1)
