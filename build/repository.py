@@ -183,11 +183,8 @@ def build_repository(
             log(f"      batch={r.batch} frames={r.frames}: max relative error {r.worst:.2e} (limit {onnx_export.RTOL:g})")
 
         steps.start("TensorRT engine")
-        platform, filename, skipped = ONNX_PLATFORM, "model.onnx", None
-        if not options.tensorrt:
-            skipped = "not requested (pass --tensorrt on a GPU host with TensorRT)"
-        else:
-            skipped = tensorrt_engine.unavailable_reason()
+        platform, filename = ONNX_PLATFORM, "model.onnx"
+        skipped = tensorrt_skip_reason(options)
         if skipped:
             log(f"      skipped: {skipped}; the encoder is served from ONNX")
         else:
@@ -258,6 +255,15 @@ def build_repository(
     )  # fmt: skip
     log(f"built {out} in {result.seconds:.0f} s: " + ", ".join(f"{k} v{v}" for k, v in versions.items()))
     return result
+
+
+def tensorrt_skip_reason(options: BuildOptions) -> str | None:
+    """Why this build serves the encoder from ONNX rather than TensorRT (None: build the engine)."""
+    from mambaserve.build import tensorrt_engine
+
+    if not options.tensorrt:
+        return "not requested (pass --tensorrt on a GPU host with TensorRT)"
+    return tensorrt_engine.unavailable_reason()
 
 
 def _warmup_shapes(encoder_module, n_mels: int) -> dict:

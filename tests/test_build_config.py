@@ -218,3 +218,18 @@ def test_bucketing_and_padding():
     assert [bucket_frames(n) for n in (0, 1, 64, 65, 200)] == [64, 64, 64, 128, 256]
     stacked = pad_stack([np.ones((1, 3, 2)), np.ones((2, 5, 2))])
     assert stacked.shape == (3, 5, 2) and stacked[0, 3:].sum() == 0 and stacked[1:].sum() == 20
+
+
+def test_tensorrt_is_skipped_with_the_reason():
+    from mambaserve.build.repository import tensorrt_skip_reason
+    from mambaserve.build.tensorrt_engine import Profile, unavailable_reason
+
+    assert "not requested" in tensorrt_skip_reason(BuildOptions())
+    reason = unavailable_reason()  # None on a GPU host with TensorRT: then the engine is built
+    assert tensorrt_skip_reason(BuildOptions(tensorrt=True)) == reason
+    assert reason is None or "tensorrt" in reason or "GPU" in reason
+    profile = Profile().resolved(frames_per_second=100.0)
+    assert profile.max_frames % spec.FEATURE_BUCKET_FRAMES == 0
+    assert profile.max_frames >= spec.MAX_AUDIO_SECONDS * 100 and profile.max_batch == spec.MAX_BATCH_SIZE
+    with pytest.raises(ValueError, match="batch sizes"):
+        Profile(opt_batch=64).resolved(100.0)
