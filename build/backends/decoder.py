@@ -19,6 +19,7 @@ from mambaserve.build.backends.common import (
     parameter,
     torch_device,
 )
+from mambaserve.build.backends.metrics import DECODER_REJECTION_REASONS, Metrics
 
 _INPUTS = (spec.PREFIX, spec.PREFIX_LENGTHS, spec.CTC_LOGPROBS, spec.CTC_LENGTHS)
 
@@ -34,6 +35,9 @@ class TritonPythonModel:
         self.device = torch_device(args)
         self.recognizer = Recognizer(checkpoint_dir(args), device=self.device)
         self.method = parameter(args, "decoding_method") or None
+        self.name = args["model_name"]
+        self.metrics = Metrics()
+        self.metrics.declare(self.name, tokens=True, reasons=DECODER_REJECTION_REASONS)
 
     # ------------------------------------------------------------------------------------------
     def _read(self, request) -> tuple[dict[str, np.ndarray], list[str | None]]:
@@ -78,7 +82,9 @@ class TritonPythonModel:
         )
         prompts = [p for _, ps in items for p in ps]
         with torch.inference_mode():
-            texts = self.recognizer.decode(enc, prompts=prompts, method=self.method)
+            ids = self.recognizer.decode_ids(enc, prompts=prompts, method=self.method)
+        texts = [self.recognizer.tokenizer.decode(row) for row in ids]
+        self.metrics.tokens(self.name, sum(len(row) for row in ids))
         out, offset = [], 0
         for _, ps in items:
             out.append(list(texts[offset : offset + len(ps)]))
@@ -99,6 +105,7 @@ class TritonPythonModel:
                 index.append(i)
             except ValueError as e:
                 responses[i] = pb_utils.InferenceResponse(error=pb_utils.TritonError(str(e)))
+                self.metrics.rejected(self.name, "prompt" if f"'{spec.PROMPT.name}'" in str(e) else "invalid_input")
         if not items:
             return responses
         try:
@@ -112,4 +119,5 @@ class TritonPythonModel:
                     responses[i] = pb_utils.InferenceResponse(
                         error=pb_utils.TritonError(f"decoding failed: {type(e).__name__}: {e}")
                     )
+                    self.metrics.rejected(self.name, "decode_error")
         return responses

@@ -18,6 +18,12 @@ from mambaserve.build.backends.common import (
     torch_device,
     validate_audio,
 )
+from mambaserve.build.backends.metrics import (
+    AUDIO_REJECTION_REASONS,
+    INTERNAL,
+    Metrics,
+    audio_rejection_reason,
+)
 
 
 class TritonPythonModel:
@@ -31,19 +37,25 @@ class TritonPythonModel:
         self.extractor = load_feature_extractor(checkpoint_dir(args)).to(self.device).eval()
         self.min_samples = self.extractor.config.win_length
         self.hop = self.extractor.config.hop_length
+        self.name = args["model_name"]
+        self.metrics = Metrics()
+        self.metrics.declare(self.name, audio=True, reasons=(*AUDIO_REJECTION_REASONS, INTERNAL))
 
     def execute(self, requests):
         torch = self.torch
         responses: list = [None] * len(requests)
         valid: list[tuple[int, np.ndarray]] = []
         for i, request in enumerate(requests):
+            audio = None
             try:
                 audio = pb_utils.get_input_tensor_by_name(request, spec.AUDIO.name)
                 if audio is None:
                     raise ValueError(f"input '{spec.AUDIO.name}' is missing")
-                valid.append((i, validate_audio(audio.as_numpy(), min_samples=self.min_samples)))
+                audio = audio.as_numpy()
+                valid.append((i, validate_audio(audio, min_samples=self.min_samples)))
             except ValueError as e:
                 responses[i] = pb_utils.InferenceResponse(error=pb_utils.TritonError(str(e)))
+                self.metrics.rejected(self.name, audio_rejection_reason(audio, min_samples=self.min_samples))
         if not valid:
             return responses
 
@@ -61,7 +73,9 @@ class TritonPythonModel:
             error = pb_utils.TritonError(f"feature extraction failed: {type(e).__name__}: {e}")
             for i, _ in valid:
                 responses[i] = pb_utils.InferenceResponse(error=error)
+            self.metrics.rejected(self.name, INTERNAL, len(valid))
             return responses
+        self.metrics.audio_seconds(self.name, sum(a.size for _, a in valid) / spec.SAMPLE_RATE)
 
         offset = 0
         for i, audio in valid:
