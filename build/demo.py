@@ -81,7 +81,7 @@ def transcribe_samples(grpc_url: str, samples: list[dict]) -> list[tuple[dict, s
     if ASRClient is not None:
         with ASRClient(grpc_url, protocol="grpc") as client:
             for row in samples:
-                t = client.transcribe(str(row["audio"]))
+                t = client.transcribe(str(row["audio"]), prompt=row.get("prompt"))
                 results.append((row, t.text, t.latency_s))
         return results
     import numpy as np
@@ -96,8 +96,13 @@ def transcribe_samples(grpc_url: str, samples: list[dict]) -> list[tuple[dict, s
         audio = audio.mean(axis=1)[None, :]
         inp = grpcclient.InferInput(spec.AUDIO.name, list(audio.shape), spec.AUDIO.wire_dtype)
         inp.set_data_from_numpy(np.ascontiguousarray(audio))
+        inputs = [inp]
+        if row.get("prompt"):
+            prompt = grpcclient.InferInput(spec.PROMPT.name, [1, 1], spec.PROMPT.wire_dtype)
+            prompt.set_data_from_numpy(np.array([[row["prompt"].encode("utf-8")]], dtype=object))
+            inputs.append(prompt)
         t0 = time.perf_counter()
-        result = client.infer(spec.ASR, [inp])
+        result = client.infer(spec.ASR, inputs)
         latency = time.perf_counter() - t0
         results.append((row, result.as_numpy(spec.TRANSCRIPT.name)[0, 0].decode("utf-8"), latency))
     return results
@@ -168,6 +173,8 @@ def main(argv: list[str] | None = None) -> int:
         results = transcribe_samples(server.grpc_url, samples)
         for row, text, latency in results:
             print(f"\n  [{row['id']}] {float(row.get('duration', 0)):.1f} s audio, {latency * 1000:.0f} ms")
+            if row.get("prompt"):
+                print(f"    prompt:     {row['prompt']}")
             print(f"    transcript: {text}")
             print(f"    reference:  {row.get('text', '')}")
         if results:
