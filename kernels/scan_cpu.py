@@ -4,11 +4,12 @@ Same semantics and argument names as mamba-ssm's ``selective_scan_fn`` (plus ``i
 so that on a GPU the dispatcher can swap in our Triton kernel without the model noticing.
 
 Why two paths:
-- Training on 2 CPU cores needs the recurrence to touch memory as little as possible. The
-  discretised decays and inputs are built vectorised, one time chunk at a time (so the working set
-  stays in cache: past ~20 MB a chunk gets 2-3x slower per element), and only the first-order
-  recurrence ``h_t = a_t * h_{t-1} + b_t`` runs as a loop, in a custom autograd function whose
-  backward is the same recurrence run in reverse.
+- Training on 2 CPU cores needs the scan to touch memory as little as possible. One autograd
+  function holds the forward and an analytic backward; both work one time chunk at a time (so the
+  working set stays in cache: past ~20 MB a chunk gets 2-3x slower per element), build the
+  discretised decays and inputs vectorised, and loop only over the first-order recurrence
+  ``h_t = a_t * h_{t-1} + b_t`` (forward) and its reverse (backward). Generic autograd through the
+  same einsums was 2-3x slower.
 - ``torch.onnx.export`` unrolls a Python loop and freezes it at the trace length. Under export we
   use ``torch._higher_order_ops.scan``, which the dynamo exporter lowers to an ONNX ``Scan`` with a
   dynamic length.
@@ -26,31 +27,90 @@ _MIN_CHUNK = 16
 """Fewest time steps per chunk: below this, per-op overhead outweighs the cache benefit."""
 
 
-class _LinearRecurrence(torch.autograd.Function):
-    """h_t = a_t * h_{t-1} + b_t over the leading (time) dimension; returns every h_t."""
+class _SelectiveScan(torch.autograd.Function):
+    """The scan core, forward and analytic backward, one time chunk at a time.
+
+    Inputs are already discretisation-ready: delta (after bias and softplus) and u [b, d, l], A [d, n],
+    B and C [b, n, l] (or per channel [b, d, n, l]), h0 [b, d, n]. Returns y [b, d, l] (without the D
+    skip and the z gate, which autograd handles) and the last state.
+
+    Backward, with g_t the gradient reaching h_t (g_t = gy_t C_t + a_{t+1} g_{t+1}) and q_t = g_t a_t h_{t-1}:
+    dC = sum_d gy h, dB = sum_d g delta u, du = delta sum_n g B, ddelta = sum_n q A + u sum_n g B,
+    dA = sum_{b,t} q delta, dh0 = a_0 g_0. Only the recurrence for g is a loop.
+    """
 
     @staticmethod
-    def forward(ctx, a: Tensor, b: Tensor, h0: Tensor) -> Tensor:  # type: ignore[override]
-        hs = torch.empty_like(b)
+    def forward(ctx, u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, h0: Tensor) -> tuple[Tensor, Tensor]:  # type: ignore[override]
+        batch, dim, length = u.shape
+        chunk = max(_MIN_CHUNK, _CHUNK_ELEMENTS // max(1, batch * dim * A.shape[1]))
+        # Time-major contiguous copies, so every step below reads and writes one contiguous slab.
+        delta_t, deltau_t = _time_major(delta), _time_major(delta * u)  # [l, b, d]
+        B_t, C_t = _time_major_bc(B), _time_major_bc(C)  # [l, b, 1 or d, n]
+        ys = []
         h = h0
-        for t in range(a.shape[0]):
-            h = torch.addcmul(b[t], a[t], h, out=hs[t])
-        ctx.save_for_backward(a, hs, h0)
-        return hs
+        states = []
+        for start in range(0, length, chunk):
+            sl = slice(start, min(length, start + chunk))
+            decay = torch.exp(delta_t[sl, ..., None] * A)  # [lc, b, d, n]
+            hs = deltau_t[sl, ..., None] * B_t[sl]  # the drive, overwritten in place by the states
+            for t in range(hs.shape[0]):
+                h = torch.addcmul(hs[t], decay[t], h, out=hs[t])
+            ys.append((hs * C_t[sl]).sum(-1))  # [lc, b, d]
+            states.append(hs)
+        ctx.save_for_backward(u, delta, A, B, C, h0, *states)
+        ctx.chunk = chunk
+        return torch.cat(ys).permute(1, 2, 0), h.clone()
 
     @staticmethod
-    def backward(ctx, grad_hs: Tensor) -> tuple[Tensor, Tensor, Tensor]:  # type: ignore[override]
-        a, hs, h0 = ctx.saved_tensors
-        grad_b = torch.empty_like(grad_hs)
-        length = a.shape[0]
-        g = grad_b[length - 1].copy_(grad_hs[length - 1])
-        for t in range(length - 2, -1, -1):
-            g = torch.addcmul(grad_hs[t], a[t + 1], g, out=grad_b[t])
-        grad_a = torch.empty_like(a)
-        torch.mul(grad_b[1:], hs[:-1], out=grad_a[1:])
-        torch.mul(grad_b[0], h0, out=grad_a[0])
-        grad_h0 = grad_b[0] * a[0]
-        return grad_a, grad_b, grad_h0
+    def backward(ctx, gy: Tensor, g_last: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
+        u, delta, A, B, C, h0, *states = ctx.saved_tensors
+        chunk = ctx.chunk
+        delta_t, u_t, gy_t = _time_major(delta), _time_major(u), _time_major(gy)
+        B_t, C_t = _time_major_bc(B), _time_major_bc(C)
+        gu_t, gdelta_t = torch.empty_like(u_t), torch.empty_like(delta_t)
+        gB_t, gC_t = torch.empty_like(B_t), torch.empty_like(C_t)
+        reduce_bc = B_t.shape[2] == 1  # shared B/C: sum the per-channel gradients over d
+        gA = torch.zeros_like(A)
+        carry = g_last if g_last is not None else torch.zeros_like(h0)  # gradient reaching the chunk's last h
+        for index in range(len(states) - 1, -1, -1):
+            hs = states[index]
+            sl = slice(index * chunk, index * chunk + hs.shape[0])
+            h_before = states[index - 1][-1] if index else h0
+            decay = torch.exp(delta_t[sl, ..., None] * A)
+            g = gy_t[sl, ..., None] * C_t[sl]  # gy C, then the recurrence below turns it into g
+            g[-1] += carry
+            for t in range(g.shape[0] - 2, -1, -1):
+                torch.addcmul(g[t], decay[t + 1], g[t + 1], out=g[t])
+            carry = decay[0] * g[0]
+            gc = gy_t[sl, ..., None] * hs
+            gC_t[sl] = gc.sum(2, keepdim=True) if reduce_bc else gc
+            g_b = (g * B_t[sl]).sum(-1)  # sum_n g B  [lc, b, d]
+            gb = (delta_t[sl] * u_t[sl])[..., None] * g
+            gB_t[sl] = gb.sum(2, keepdim=True) if reduce_bc else gb
+            q = g.mul_(decay)  # g is no longer needed: q_t = g_t a_t h_{t-1}
+            q[1:] *= hs[:-1]
+            q[0] *= h_before
+            gA += torch.einsum("lbdn,lbd->dn", q, delta_t[sl])
+            gdelta_t[sl] = (q * A).sum(-1) + u_t[sl] * g_b
+            gu_t[sl] = delta_t[sl] * g_b
+        return (gu_t.permute(1, 2, 0), gdelta_t.permute(1, 2, 0), gA,
+                _from_time_major_bc(gB_t, B), _from_time_major_bc(gC_t, C), carry)  # fmt: skip
+
+
+def _time_major(x: Tensor) -> Tensor:
+    """[b, d, l] -> contiguous [l, b, d]."""
+    return x.permute(2, 0, 1).contiguous()
+
+
+def _time_major_bc(x: Tensor) -> Tensor:
+    """B or C, [b, n, l] or per channel [b, d, n, l] -> contiguous [l, b, 1 or d, n]."""
+    if x.dim() == 3:
+        return x.permute(2, 0, 1).unsqueeze(2).contiguous()
+    return x.permute(3, 0, 1, 2).contiguous()
+
+
+def _from_time_major_bc(g: Tensor, like: Tensor) -> Tensor:
+    return g[:, :, 0].permute(1, 2, 0) if like.dim() == 3 else g.permute(1, 2, 3, 0)
 
 
 def _prepare(
@@ -120,21 +180,11 @@ def selective_scan_cpu(
     batch, dim, length = u.shape
     n = A.shape[1]
     u, delta, A, B, C = _prepare(u, delta, A, B, C, delta_bias, delta_softplus)
-    h = u.new_zeros(batch, dim, n) if initial_state is None else initial_state.to(u.dtype)
-    chunk = max(_MIN_CHUNK, _CHUNK_ELEMENTS // max(1, batch * dim * n))
-    b_eq, c_eq = _bc_equation(B), _bc_equation(C)
-    deltau = delta * u
-    ys = []
-    for start in range(0, length, chunk):
-        sl = slice(start, min(length, start + chunk))
-        decay = torch.exp(torch.einsum("bdl,dn->lbdn", delta[..., sl], A))
-        drive = torch.einsum(f"bdl,{b_eq}->lbdn", deltau[..., sl], B[..., sl])
-        hs = _LinearRecurrence.apply(decay, drive, h)
-        ys.append(torch.einsum(f"lbdn,{c_eq}->bdl", hs, C[..., sl]))
-        h = hs[-1]
-    y = torch.cat(ys, dim=-1) if len(ys) != 1 else ys[0]
+    h0 = u.new_zeros(batch, dim, n) if initial_state is None else initial_state.to(u.dtype)
     if length == 0:
-        y = u.new_zeros(batch, dim, 0)
+        y, h = u.new_zeros(batch, dim, 0), h0
+    else:
+        y, h = _SelectiveScan.apply(u, delta, A, B, C, h0)
     out = _finish(y, u, D, z, dtype)
     return (out, h) if return_last_state else out
 

@@ -159,7 +159,13 @@ def test_decoder_state_size_is_fixed(model64: SpeechMamba) -> None:
     assert short.nbytes() == long.nbytes()
 
 
-def test_scan_gradients_match_float64_finite_differences() -> None:
+@pytest.mark.parametrize("min_chunk", [16, 2])
+def test_scan_gradients_match_float64_finite_differences(monkeypatch: pytest.MonkeyPatch, min_chunk: int) -> None:
+    """Analytic backward of the CPU scan, in one chunk and across several (the gradient carry)."""
+    from mambaserve.kernels import scan_cpu
+
+    monkeypatch.setattr(scan_cpu, "_MIN_CHUNK", min_chunk)
+    monkeypatch.setattr(scan_cpu, "_CHUNK_ELEMENTS", 1)
     torch.manual_seed(0)
     b, d, length, n = 1, 3, 6, 2
     args = [
