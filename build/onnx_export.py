@@ -146,17 +146,18 @@ def check_parity(
     n_mels: int,
     shapes: Sequence[tuple[int, int]] = PARITY_SHAPES,
     rtol: float = RTOL,
-    trace_shape: tuple[int, int] = TRACE_SHAPE,
+    trace_shape: tuple[int, int] | None = TRACE_SHAPE,
     run: Callable[[np.ndarray, np.ndarray], list[np.ndarray]] | None = None,
     progress: Callable[[ParityResult], None] | None = None,
 ) -> list[ParityResult]:
     """Compare the exported graph with PyTorch at `shapes`; raise ParityError on any mismatch."""
-    if any(tuple(s) == tuple(trace_shape) for s in shapes):
+    if trace_shape is not None and any(tuple(s) == tuple(trace_shape) for s in shapes):
         raise ValueError(f"parity shapes must differ from the trace shape {trace_shape}")
-    if len({f for _, f in shapes} - {trace_shape[1]}) < 2:
+    if len({f for _, f in shapes} - {trace_shape[1] if trace_shape else None}) < 2:
         raise ValueError("parity needs at least two frame counts other than the trace length")
     run = run or (lambda feats, lens: run_onnx(onnx_path, feats, lens))
     module = module.eval()
+    traced = f" (traced at batch={trace_shape[0]}, frames={trace_shape[1]})" if trace_shape else ""
     results = []
     for batch, frames in shapes:
         features, lengths = example(batch, frames, n_mels, seed=1)
@@ -166,8 +167,8 @@ def check_parity(
             actual = run(features.numpy(), lengths.numpy())
         except Exception as e:  # any runtime failure at another length is a parity failure
             raise ParityError(
-                f"ONNX parity check failed: the exported encoder cannot run at batch={batch}, frames={frames} "
-                f"(traced at batch={trace_shape[0]}, frames={trace_shape[1]}): {type(e).__name__}: "
+                f"ONNX parity check failed: the exported encoder cannot run at batch={batch}, frames={frames}"
+                f"{traced}: {type(e).__name__}: "
                 f"{str(e).splitlines()[0][:300]}. The export probably froze a dynamic length."
             ) from e
         shape_errors = [
@@ -177,8 +178,8 @@ def check_parity(
         ]
         if shape_errors:
             raise ParityError(
-                f"ONNX parity check failed at batch={batch}, frames={frames} (traced at batch={trace_shape[0]}, "
-                f"frames={trace_shape[1]}): {'; '.join(shape_errors)}. The export froze a dynamic length."
+                f"ONNX parity check failed at batch={batch}, frames={frames}{traced}: "
+                f"{'; '.join(shape_errors)}. The export froze a dynamic length."
             )
         errors = {name: relative_error(a, b) for name, a, b in zip(OUTPUT_NAMES, actual, expected)}
         result = ParityResult(batch, frames, errors)
@@ -189,8 +190,7 @@ def check_parity(
         if bad:
             detail = ", ".join(f"{k}: {v:.3g}" for k, v in bad.items())
             raise ParityError(
-                f"ONNX parity check failed at batch={batch}, frames={frames} (traced at batch={trace_shape[0]}, "
-                f"frames={trace_shape[1]}): relative error above {rtol:g} in {detail}. The export probably "
+                f"ONNX parity check failed at batch={batch}, frames={frames}{traced}: relative error above {rtol:g} in {detail}. The export probably "
                 f"froze a dynamic length or changed the numerics."
             )
     return results

@@ -174,6 +174,7 @@ def build_repository(
         steps.start(f"checking ONNX against PyTorch at (batch, frames) {list(onnx_export.PARITY_SHAPES)}")
         parity = onnx_export.check_parity(
             onnx_path, encoder_module, n_mels=n_mels,
+            trace_shape=onnx_export.TRACE_SHAPE if exporter is onnx_export.export_onnx else None,
             progress=lambda r: log(
                 f"      batch={r.batch} frames={r.frames}: max relative error {r.worst:.2e} (limit {onnx_export.RTOL:g})"
             ),
