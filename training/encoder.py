@@ -24,12 +24,16 @@ class SpeechEncoder(nn.Module):
         self.mamba = MambaStack(config.mamba, config.dropout)
 
     def forward(
-        self, feats: Tensor, feat_lengths: Tensor, state: MambaState | None = None
+        self, feats: Tensor, feat_lengths: Tensor, state: MambaState | None = None, mask: Tensor | None = None
     ) -> tuple[Tensor, Tensor, MambaState]:
-        """feats [B, T, F] -> frames [B, T // s, d]; trailing frames that do not fill a stack are dropped."""
+        """feats [B, T, F] -> frames [B, T // s, d]; trailing frames that do not fill a stack are dropped.
+
+        ``mask`` [B, T // s] (1 = real output frame) makes right padding exact for the carried state,
+        so a streaming server can run chunks of different lengths from different states in one batch.
+        """
         s = self.config.subsampling
         batch, frames, n_mels = feats.shape
         out_frames = frames // s
         x = feats[:, : out_frames * s].reshape(batch, out_frames, s * n_mels)
-        x, state = self.mamba(self.dropout(self.input_proj(x)), state)
+        x, state = self.mamba(self.dropout(self.input_proj(x)), state, mask=mask)
         return x, feat_lengths // s, state

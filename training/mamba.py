@@ -134,15 +134,22 @@ class MambaBlock(nn.Module):
         out = self.out_proj(y.transpose(1, 2))
         return x + self.dropout(out), new_conv, new_ssm
 
-    def step(self, x: Tensor, conv_state: Tensor, ssm_state: Tensor) -> Tensor:
-        """One token: x [B, d_model]; conv_state and ssm_state (rows of a pool) are updated in place."""
+    def step(self, x: Tensor, conv_state: Tensor, ssm_state: Tensor, slots: Tensor | None = None) -> Tensor:
+        """One token: x [B, d_model]; conv_state and ssm_state are updated in place.
+
+        Without ``slots`` row b uses state row b; with ``slots`` [B] (a slot pool of any size) row b
+        reads and writes state row ``slots[b]``, so a server steps its live sessions in the pool itself.
+        """
         xi, z = self.in_proj(self.norm(x)).chunk(2, dim=-1)
-        xc = kernels.causal_conv1d_update(xi, conv_state, self.conv_weight, self.conv_bias, activation="silu")
+        xc = kernels.causal_conv1d_update(
+            xi, conv_state, self.conv_weight, self.conv_bias, activation="silu", conv_state_indices=slots
+        )
         dt, B, C = self._ssm_inputs(xc)
         A = -torch.exp(self.A_log.float())
         y = kernels.selective_state_update(
-            ssm_state, xc, dt, A, B, C, D=self.D.float(), z=z, dt_bias=self.dt_proj.bias.float(), dt_softplus=True
-        )
+            ssm_state, xc, dt, A, B, C, D=self.D.float(), z=z, dt_bias=self.dt_proj.bias.float(), dt_softplus=True,
+            state_batch_indices=slots,
+        )  # fmt: skip
         return x + self.out_proj(y)
 
 
@@ -173,8 +180,8 @@ class MambaStack(nn.Module):
             ssms.append(ssm)
         return self.norm_f(x), MambaState(torch.stack(convs), torch.stack(ssms))
 
-    def step(self, x: Tensor, state: MambaState) -> Tensor:
-        """x [B, d_model] -> [B, d_model]; ``state`` is updated in place."""
+    def step(self, x: Tensor, state: MambaState, slots: Tensor | None = None) -> Tensor:
+        """x [B, d_model] -> [B, d_model]; ``state`` is updated in place (rows ``slots`` of it, if given)."""
         for i, layer in enumerate(self.layers):
-            x = layer.step(x, state.conv[i], state.ssm[i])
+            x = layer.step(x, state.conv[i], state.ssm[i], slots)
         return self.norm_f(x)

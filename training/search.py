@@ -11,19 +11,25 @@ from collections.abc import Sequence
 import torch
 from mambaserve.training.ctc import CTCPrefixScorer
 from mambaserve.training.decoder import TranscriptDecoder
+from mambaserve.training.mamba import MambaState
 from mambaserve.training.model import EncoderOutput
 from torch import Tensor
 
 
 def greedy_search(
     decoder: TranscriptDecoder,
-    enc: EncoderOutput,
+    enc: EncoderOutput | None,
     prompts: Sequence[Sequence[int]],
     max_lengths: Sequence[int],
     eos_id: int,
+    start: tuple[Tensor, MambaState] | None = None,
 ) -> list[list[int]]:
-    """Argmax decoding; finished rows leave the batch so the rest step faster."""
-    logits, state = decoder.prefill(enc.prefix, enc.prefix_lengths, prompts)
+    """Argmax decoding; finished rows leave the batch so the rest step faster.
+
+    ``start``: (next-token logits, state) after ``[prefix][prompt][BOS]`` computed elsewhere (a
+    streaming server feeds the prefix as audio arrives); then ``enc`` is not used for the prefill.
+    """
+    logits, state = start if start is not None else decoder.prefill(enc.prefix, enc.prefix_lengths, prompts)
     out: list[list[int]] = [[] for _ in prompts]
     active = torch.arange(len(prompts))
     while True:
@@ -53,10 +59,15 @@ def beam_search(
     beam_size: int = 4,
     ctc_weight: float = 0.0,
     length_penalty: float = 0.0,
+    start: tuple[Tensor, MambaState] | None = None,
 ) -> list[list[int]]:
-    """Beam search; with ``ctc_weight`` > 0 each extension is also scored by CTC prefix probability."""
+    """Beam search; with ``ctc_weight`` > 0 each extension is also scored by CTC prefix probability.
+
+    ``start`` as in :func:`greedy_search` (``enc`` then only needs the CTC fields, and only when
+    ``ctc_weight`` > 0).
+    """
     batch, k = len(prompts), beam_size
-    logits, state = decoder.prefill(enc.prefix, enc.prefix_lengths, prompts)
+    logits, state = start if start is not None else decoder.prefill(enc.prefix, enc.prefix_lengths, prompts)
     device = logits.device
     rows = torch.arange(batch, device=device).repeat_interleave(k)
     state = state.select(rows)
