@@ -1,1 +1,6 @@
-"""x"""
+"""Load tests, benchmarks and soak for a served mambaserve (locust users, perf_analyzer, reports).
+
+Kept import-light: importing locust monkey-patches the process with gevent, so only
+`mambaserve.loadtest.locustfile` and `mambaserve.loadtest.users.*` import it (they run inside the
+locust subprocess started by `mambaserve.loadtest.run`).
+"""

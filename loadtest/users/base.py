@@ -1,0 +1,97 @@
+"""What every mambaserve locust user shares: settings from the command line, clips, request events.
+
+gRPC under locust: locust runs users as gevent greenlets, and grpcio blocks the whole process unless
+`grpc.experimental.gevent.init_gevent()` ran before the first channel was made (without it
+throughput fell 50x and streams hit DEADLINE_EXCEEDED). Importing this module does that.
+"""
+
+from __future__ import annotations
+
+import itertools
+import random
+import time
+from dataclasses import dataclass, field
+
+from locust import User, constant, constant_throughput
+from mambaserve.loadtest.clips import Clip
+
+_GEVENT_GRPC = False
+_USER_IDS = itertools.count()
+
+
+def init_gevent_grpc() -> None:
+    """Make grpcio cooperate with gevent (idempotent); call before any channel exists."""
+    global _GEVENT_GRPC
+    if not _GEVENT_GRPC:
+        import grpc.experimental.gevent
+
+        grpc.experimental.gevent.init_gevent()
+        _GEVENT_GRPC = True
+
+
+init_gevent_grpc()
+
+
+class WrongAnswer(AssertionError):
+    """A transcript differed from the single-request reference of the same clip (--expect)."""
+
+
+@dataclass
+class Settings:
+    """Filled once per locust process from the command line (see loadtest/locustfile.py)."""
+
+    http_url: str = "127.0.0.1:8000"
+    grpc_url: str = "127.0.0.1:8001"
+    timeout: float = 60.0
+    clips: list[Clip] = field(default_factory=list)
+    expected: dict[str, str] = field(default_factory=dict)  # clip id -> transcript, when checking answers
+    seed: int = 0
+
+
+SETTINGS = Settings()
+
+
+def set_rate(per_user: float) -> None:
+    """Closed loop (next request as soon as the last answered) or a fixed rate per user."""
+    TritonUser.wait_time = constant_throughput(per_user) if per_user > 0 else constant(0)
+
+
+class TritonUser(User):
+    """Base class: `key` names the user in `--mix`; subclasses implement `call(clip) -> transcript`."""
+
+    abstract = True
+    key = ""
+    request_type = ""
+    request_name = "asr"
+    wait_time = constant(0)
+
+    def __init__(self, environment):
+        super().__init__(environment)
+        self._rng = random.Random(SETTINGS.seed * 100_003 + next(_USER_IDS))
+
+    def pick(self) -> Clip:
+        return self._rng.choice(SETTINGS.clips)
+
+    def call(self, clip: Clip) -> str:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def timed(self, clip: Clip) -> None:
+        """One request, reported to locust (failures and wrong answers included)."""
+        start = time.perf_counter()
+        exc: BaseException | None = None
+        text = ""
+        try:
+            text = self.call(clip)
+            want = SETTINGS.expected.get(clip.id)
+            if want is not None and text != want:
+                raise WrongAnswer(f"clip {clip.id}: got {text!r}, single-request reference {want!r}")
+        except Exception as e:  # reported as a failure, the user goes on
+            exc = e
+        self.environment.events.request.fire(
+            request_type=self.request_type,
+            name=self.request_name,
+            response_time=(time.perf_counter() - start) * 1000.0,
+            response_length=len(text),
+            exception=exc,
+            context={"audio_seconds": clip.seconds, "clip": clip.id},
+        )
