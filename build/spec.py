@@ -37,6 +37,9 @@ class TensorSpec:
     def with_dims(self, *dims: int) -> TensorSpec:
         return replace(self, dims=tuple(dims))
 
+    def as_optional(self) -> TensorSpec:
+        return replace(self, optional=True)
+
     @property
     def numpy_dtype(self) -> str:
         """The numpy dtype tritonclient expects for this tensor ("object" for strings)."""
@@ -81,12 +84,36 @@ PROMPT = TensorSpec("PROMPT", "TYPE_STRING", (1,), optional=True)
 TRANSCRIPT = TensorSpec("TRANSCRIPT", "TYPE_STRING", (1,))
 IS_FINAL = TensorSpec("IS_FINAL", "TYPE_BOOL", (1,))
 
+DECODER_SESSION = "decoder_session"
+"""Decoupled decoder with sessions: the state after a session's audio (and CONTEXT) is kept per
+correlation ID; each request generates from a copy of it and streams its tokens."""
+
+# decoder_session inputs (besides AUDIO on the session's first request and the optional PROMPT).
+CONTEXT = TensorSpec("CONTEXT", "TYPE_STRING", (1,), optional=True)
+"""Text appended to the session's kept history (unlike PROMPT, which only this request sees)."""
+DECODING_METHOD = TensorSpec("DECODING_METHOD", "TYPE_STRING", (1,), optional=True)  # greedy | beam | sample
+MAX_TOKENS = TensorSpec("MAX_TOKENS", "TYPE_INT32", (1,), optional=True)  # 0: no generation (history only)
+MIN_TOKENS = TensorSpec("MIN_TOKENS", "TYPE_INT32", (1,), optional=True)  # end-of-sequence suppressed before
+TEMPERATURE = TensorSpec("TEMPERATURE", "TYPE_FP32", (1,), optional=True)  # sample only
+TOP_K = TensorSpec("TOP_K", "TYPE_INT32", (1,), optional=True)  # sample only; 0 = whole vocabulary
+SEED = TensorSpec("SEED", "TYPE_INT64", (1,), optional=True)  # sample only: same seed, same tokens
+BEAM_SIZE = TensorSpec("BEAM_SIZE", "TYPE_INT32", (1,), optional=True)  # beam only
+SESSION_SETTINGS = (DECODING_METHOD, MAX_TOKENS, MIN_TOKENS, TEMPERATURE, TOP_K, SEED, BEAM_SIZE)
+# decoder_session outputs, in every streamed response.
+TOKEN = TensorSpec("TOKEN", "TYPE_STRING", (1,))  # the text this token adds ("" in the final response)
+TOKEN_ID = TensorSpec("TOKEN_ID", "TYPE_INT32", (1,))  # -1 in the final response
+HISTORY_LENGTH = TensorSpec("HISTORY_LENGTH", "TYPE_INT64", (1,))  # positions the session's state has seen
+
 # ---------------------------------------------------------------------------------------------
 # Internal pipeline (free to change together with build/ and the backends).
 # ---------------------------------------------------------------------------------------------
 FEATURE_EXTRACTOR = "feature_extractor"
 ENCODER = "encoder"
 DECODER = "decoder"
+STREAMING_ENCODER = "streaming_encoder"
+"""asr_streaming step 1 (stateful): chunk -> features -> causal encoder -> CTC partial + prefix vectors."""
+STREAMING_DECODER = "streaming_decoder"
+"""asr_streaming step 2 (stateful): feeds the prefix into the decoder state; decodes at END."""
 
 
 @dataclass(frozen=True)
@@ -148,6 +175,38 @@ ASR_STEPS: tuple[EnsembleStep, ...] = (
 """The wiring of `asr`; the optional PROMPT goes straight from the ensemble's input to the decoder."""
 
 
+# Between the steps of `asr_streaming` (PREFIX/CTC_LOGPROBS carry this chunk's new rows only; their
+# *_LENGTHS say how many are real: a chunk may add none, and the tensors then hold one zero row).
+PARTIAL = TensorSpec("PARTIAL", "TYPE_STRING", (1,))  # CTC greedy transcript of the audio so far
+ENCODER_FRAMES = TensorSpec("ENCODER_FRAMES", "TYPE_INT64", (1,))  # encoder frames of the utterance so far
+
+MAX_STREAM_SECONDS = 600.0
+"""Longest utterance `asr_streaming` accepts (the state is fixed-size; this bounds the final decode)."""
+STREAM_SLOTS = 256
+"""Concurrent sequences each streaming model instance holds state for (its slot pool)."""
+STREAM_IDLE_SECONDS = 15.0
+"""max_sequence_idle_microseconds of asr_streaming: an abandoned sequence's slot is freed after this."""
+SESSION_SLOTS = 10_000
+"""Concurrent decoder sessions (state rows are only resident once a session has touched them)."""
+SESSION_IDLE_SECONDS = 300.0
+"""A decoder session without a request for this long is closed and its slot freed."""
+
+ASR_STREAMING_STEPS: tuple[EnsembleStep, ...] = (
+    EnsembleStep(
+        STREAMING_ENCODER,
+        _identity(AUDIO),
+        _identity(PREFIX, PREFIX_LENGTHS, CTC_LOGPROBS, CTC_LENGTHS, PARTIAL, ENCODER_FRAMES),
+    ),
+    EnsembleStep(
+        STREAMING_DECODER,
+        _identity(PREFIX, PREFIX_LENGTHS, CTC_LOGPROBS, CTC_LENGTHS, PARTIAL, ENCODER_FRAMES, PROMPT),
+        _identity(TRANSCRIPT, IS_FINAL),
+    ),
+)
+"""The wiring of `asr_streaming`: both steps are sequence-batched; the correlation ID and START/END
+of each request reach them through the ensemble."""
+
+
 def pipeline(n_mels: int, prefix_dim: int, vocab_size: int) -> dict[str, ModelSpec]:
     """The tensor contract of every model of the repository, for a checkpoint's sizes.
 
@@ -176,4 +235,36 @@ def pipeline(n_mels: int, prefix_dim: int, vocab_size: int) -> dict[str, ModelSp
             extra={"ragged": (PREFIX.name, CTC_LOGPROBS.name)},
         ),
         ASR: ModelSpec(ASR, inputs=(AUDIO, PROMPT), outputs=(TRANSCRIPT,), extra={"steps": ASR_STEPS}),
+    }
+
+
+def stateful_pipeline(n_mels: int, prefix_dim: int, vocab_size: int) -> dict[str, ModelSpec]:
+    """The stateful models: `asr_streaming` and its two steps, and `decoder_session`.
+
+    ``sequence``: sequence-batched (correlation ID + START/END); ``decoupled``: streams responses.
+    """
+    prefix = PREFIX.with_dims(-1, prefix_dim)
+    ctc = CTC_LOGPROBS.with_dims(-1, vocab_size)
+    return {
+        STREAMING_ENCODER: ModelSpec(
+            STREAMING_ENCODER,
+            inputs=(AUDIO,),
+            outputs=(prefix, PREFIX_LENGTHS, ctc, CTC_LENGTHS, PARTIAL, ENCODER_FRAMES),
+            extra={"ragged": (AUDIO.name,), "sequence": True},
+        ),
+        STREAMING_DECODER: ModelSpec(
+            STREAMING_DECODER,
+            inputs=(prefix, PREFIX_LENGTHS, ctc, CTC_LENGTHS, PARTIAL, ENCODER_FRAMES, PROMPT),
+            outputs=(TRANSCRIPT, IS_FINAL),
+            extra={"ragged": (PREFIX.name, CTC_LOGPROBS.name), "sequence": True},
+        ),
+        ASR_STREAMING: ModelSpec(
+            ASR_STREAMING, inputs=(AUDIO, PROMPT), outputs=(TRANSCRIPT, IS_FINAL), extra={"steps": ASR_STREAMING_STEPS}
+        ),
+        DECODER_SESSION: ModelSpec(
+            DECODER_SESSION,
+            inputs=(AUDIO.as_optional(), PROMPT, CONTEXT, *SESSION_SETTINGS),
+            outputs=(TOKEN, TOKEN_ID, TRANSCRIPT, IS_FINAL, HISTORY_LENGTH),
+            extra={"ragged": (AUDIO.name,), "decoupled": True},
+        ),
     }
