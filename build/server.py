@@ -470,6 +470,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--log-verbose", type=int, default=0)
     parser.add_argument("--startup-timeout", type=float, default=300.0)
     args, extra = parser.parse_known_args(argv)
+    repository = Path(args.repository)
+    if not repository.is_dir() or not any(repository.glob("*/config.pbtxt")):
+        print(
+            f"[mambaserve] error: {repository} holds no models (no */config.pbtxt); build one with "
+            "`make repo` (python -m mambaserve.build --checkpoint DIR --out model_repository)",
+            file=sys.stderr,
+        )
+        return 1
 
     server = TritonServer(
         args.repository,

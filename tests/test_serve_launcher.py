@@ -107,6 +107,12 @@ def test_cli_exits_non_zero_naming_the_model_that_failed(tmp_path):
     assert "model 'broken'" in err and "tokenizer.model not found" in err
 
 
+def test_cli_refuses_an_empty_repository(tmp_path):
+    proc = _cli(tmp_path, ports())
+    _out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 1 and "holds no models" in err and "make repo" in err
+
+
 def test_cli_serves_in_the_foreground_on_the_env_ports_and_stops_on_sigint(tmp_path):
     python_model(tmp_path, "echo")
     p = ports()
