@@ -147,12 +147,13 @@ def run_engine(plan_path: str | Path, feeds: dict[str, np.ndarray], output_names
         context.set_input_shape(name, tuple(array.shape))
         context.set_tensor_address(name, tensor.data_ptr())
     to_torch = {
-        trt.DataType.FLOAT: torch.float32,
-        trt.DataType.HALF: torch.float16,
-        trt.DataType.INT32: torch.int32,
-        trt.DataType.INT64: torch.int64,
-        trt.DataType.BOOL: torch.bool,
-    }
+        getattr(trt.DataType, name): dtype
+        for name, dtype in (
+            ("FLOAT", torch.float32), ("HALF", torch.float16), ("INT32", torch.int32),
+            ("INT64", torch.int64), ("BOOL", torch.bool),
+        )
+        if hasattr(trt.DataType, name)  # INT64 exists from TensorRT 10
+    }  # fmt: skip
     outputs = {}
     for name in output_names:
         shape = tuple(context.get_tensor_shape(name))
