@@ -48,6 +48,27 @@ class Deployment:
             raise ValueError(f"instance count must be >= 1, not {self.count}")
 
 
+@dataclass(frozen=True)
+class SequenceBatching:
+    """A stateful model's sequence batcher (strategy `oldest`: chunks of many sequences batch together).
+
+    The python models own their state (implicit state does not work in the python backend), so no
+    control tensors are declared: the models read the correlation ID and START/END from the request.
+    ``max_candidate_sequences`` should exceed the model's slot pool, so that a sequence beyond the pool
+    reaches the model and gets its clear "pool full" error instead of waiting in Triton's backlog.
+    """
+
+    max_sequence_idle_us: int
+    max_candidate_sequences: int
+    max_queue_delay_us: int = 2_000
+
+    def __post_init__(self) -> None:
+        if self.max_sequence_idle_us < 1:
+            raise ValueError(f"max_sequence_idle_us must be >= 1, not {self.max_sequence_idle_us}")
+        if self.max_candidate_sequences < 1:
+            raise ValueError(f"max_candidate_sequences must be >= 1, not {self.max_candidate_sequences}")
+
+
 def _dtype(name: str) -> int:
     try:
         return pb.DataType.Value(name)
@@ -74,8 +95,14 @@ def model_config(
     deployment: Deployment | None = None,
     default_model_filename: str | None = None,
     warmup: Sequence[Warmup] = (),
+    sequence: SequenceBatching | None = None,
+    decoupled: bool = False,
 ) -> pb.ModelConfig:
-    """A non-ensemble model: tensors, batching, instance group, warm-up, parameters."""
+    """A non-ensemble model: tensors, batching, instance group, warm-up, parameters.
+
+    ``sequence`` replaces the dynamic batcher by a sequence batcher; ``decoupled`` lets the model send
+    any number of responses per request (token streaming).
+    """
     if (backend is None) == (platform is None):
         raise ValueError(f"model '{spec.name}': give exactly one of backend= or platform=")
     deployment = deployment or Deployment()
@@ -95,8 +122,15 @@ def model_config(
         _tensor(config.input.add(), t, ragged=t.name in ragged)
     for t in spec.outputs:
         _tensor(config.output.add(), t)
-    if spec.max_batch_size > 0:
+    if sequence is not None:
+        batching = config.sequence_batching
+        batching.max_sequence_idle_microseconds = sequence.max_sequence_idle_us
+        batching.oldest.max_candidate_sequences = sequence.max_candidate_sequences
+        batching.oldest.max_queue_delay_microseconds = sequence.max_queue_delay_us
+    elif spec.max_batch_size > 0:
         config.dynamic_batching.max_queue_delay_microseconds = deployment.max_queue_delay_us
+    if decoupled:
+        config.model_transaction_policy.decoupled = True
     group = config.instance_group.add()
     group.kind = pb.ModelInstanceGroup.Kind.Value(deployment.kind)
     group.count = deployment.count
