@@ -206,6 +206,10 @@ def _selective_scan_exportable(
     from torch._higher_order_ops.scan import scan
 
     dtype = u.dtype
+    # Export is inference only. With inputs that require grad, the ONNX exporter's type-promotion
+    # pass replays `scan` through its autograd path, which fails on symbolic lengths (torch 2.13).
+    u, delta, A, B, C = (t.detach() for t in (u, delta, A, B, C))
+    D, z, delta_bias, initial_state = (None if t is None else t.detach() for t in (D, z, delta_bias, initial_state))
     u, delta, A, B, C = _prepare(u, delta, A, B, C, delta_bias, delta_softplus)
     # Time-major step inputs: decay and drive [l, b, d, n], C [l, b, (d,) n].
     decay = torch.exp(delta.permute(2, 0, 1).unsqueeze(-1) * A)

@@ -24,8 +24,7 @@ class EncoderForExport(nn.Module):
 
     def __init__(self, model: SpeechMamba) -> None:
         super().__init__()
-        # A frozen copy: with parameters that require grad, the ONNX exporter's type-promotion pass
-        # replays `scan` through its autograd path, which fails on symbolic lengths (torch 2.13).
+        # A frozen copy in eval mode: exporting must not switch the caller's model out of training.
         self.model = copy.deepcopy(model).eval().requires_grad_(False)
 
     def forward(self, features: Tensor, feature_lengths: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
