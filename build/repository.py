@@ -1,4 +1,5 @@
-"""Checkpoint -> Triton model repository (feature_extractor -> encoder -> decoder, ensemble `asr`).
+"""Checkpoint -> Triton model repository: ensemble `asr` (feature_extractor -> encoder -> decoder), the
+stateful ensemble `asr_streaming` (streaming_encoder -> streaming_decoder) and `decoder_session`.
 
 Everything is built in a staging folder first: the ONNX export must pass its parity check, the
 ensemble wiring check must pass and (by default) every model must load in a real tritonserver before
@@ -25,15 +26,21 @@ from mambaserve.build.backends.common import CHECKPOINT_DIR
 from mambaserve.build.errors import BuildError
 from mambaserve.build.versioning import BUILD_INFO, next_version
 
-BUILD_FORMAT = 1
+BUILD_FORMAT = 2
 """Bumped when the repository layout changes, so that `make demo` rebuilds an older repository."""
 
 PYTHON_MODELS = {
     spec.FEATURE_EXTRACTOR: ("mambaserve.build.backends.feature_extractor", ("features",)),
     spec.DECODER: ("mambaserve.build.backends.decoder", ("decoder",)),
+    spec.STREAMING_ENCODER: ("mambaserve.build.backends.streaming_encoder", ("features", "encoder", "ctc_head", "bridge")),
+    spec.STREAMING_DECODER: ("mambaserve.build.backends.streaming_decoder", ("decoder",)),
+    spec.DECODER_SESSION: (
+        "mambaserve.build.backends.decoder_session", ("features", "encoder", "ctc_head", "bridge", "decoder")
+    ),
 }
 """python model -> (library module with its TritonPythonModel, checkpoint parts it needs)."""
 
+SESSION_STATE_DTYPES = ("float32", "float16", "bfloat16")
 ONNX_PLATFORM = "onnxruntime_onnx"
 TENSORRT_PLATFORM = "tensorrt_plan"
 WARMUP_DIR = "warmup"
@@ -62,6 +69,26 @@ class BuildOptions:
     max_queue_delay_us: int = spec.MAX_QUEUE_DELAY_MICROSECONDS
     verify_load: bool = True
     """Start a real tritonserver on the staged repository before installing it."""
+    stream_slots: int = spec.STREAM_SLOTS
+    """Concurrent `asr_streaming` sequences per streaming_encoder instance (its slot pool)."""
+    stream_idle_s: float = spec.STREAM_IDLE_SECONDS
+    """max_sequence_idle of asr_streaming: slots of sequences idle this long are freed."""
+    session_slots: int = spec.SESSION_SLOTS
+    """Concurrent decoder sessions."""
+    session_idle_s: float = spec.SESSION_IDLE_SECONDS
+    """A decoder session idle this long is closed."""
+    session_state_dtype: str = "float32"
+    """Storage of kept session states: float32 (exact) or float16/bfloat16 (half the bytes)."""
+
+    def __post_init__(self) -> None:
+        if self.stream_slots < 1 or self.session_slots < 1:
+            raise ValueError("stream_slots and session_slots must be >= 1")
+        if not (self.stream_idle_s > 0 and self.session_idle_s > 0):
+            raise ValueError("stream_idle_s and session_idle_s must be > 0 seconds")
+        if self.session_state_dtype not in SESSION_STATE_DTYPES:
+            raise ValueError(f"session_state_dtype must be one of {SESSION_STATE_DTYPES}, not {self.session_state_dtype!r}")
+        if int(self.instances.get(spec.DECODER_SESSION, 1)) != 1:
+            raise ValueError(f"{spec.DECODER_SESSION} runs as one instance (a session's state lives in one process)")
 
 
 @dataclass
@@ -151,6 +178,8 @@ def build_repository(
     config = ckpt.config
     n_mels, prefix_dim, vocab = config.features.n_mels, config.decoder.mamba.d_model, config.vocab_size
     specs = spec.pipeline(n_mels=n_mels, prefix_dim=prefix_dim, vocab_size=vocab)
+    stateful = spec.stateful_pipeline(n_mels=n_mels, prefix_dim=prefix_dim, vocab_size=vocab)
+    specs = {**specs, **stateful}
     versions = {name: next_version(out / name) for name in specs}
     log(f"      sha256 {digest[:16]}…  n_mels={n_mels} prefix_dim={prefix_dim} vocab={vocab}")
     log("      new versions: " + ", ".join(f"{k} {v}" for k, v in versions.items()))
@@ -197,7 +226,7 @@ def build_repository(
         if options.fp16 and platform != TENSORRT_PLATFORM:
             log("      note: --fp16 applies to the TensorRT engine only; the ONNX encoder stays FP32")
 
-        steps.start("packaging the python models (feature_extractor, decoder): weights, tokenizer, config")
+        steps.start(f"packaging the python models ({', '.join(PYTHON_MODELS)}): weights, tokenizer, config")
         for name, (module, parts) in PYTHON_MODELS.items():
             vdir = staging / name / str(versions[name])
             vdir.mkdir(parents=True)
@@ -209,6 +238,7 @@ def build_repository(
         steps.start("generating config.pbtxt files and warm-up data")
         warm = _warmup_shapes(encoder_module, n_mels)
         configs = _configs(specs, staging, options, platform, filename, warm)
+        configs.update(_stateful_configs(stateful, options))
         for name, cfg in configs.items():
             (staging / name).mkdir(exist_ok=True)
             (staging / name / "config.pbtxt").write_text(mc.to_text(cfg))
@@ -345,6 +375,56 @@ def _configs(specs, staging: Path, options: BuildOptions, platform: str, filenam
         ),
         spec.ASR: mc.ensemble_config(specs[spec.ASR]),
     }
+
+
+def _stateful_configs(specs, options: BuildOptions) -> dict:
+    """Configs of the stateful models. No warm-up requests (they would need sequences): each model
+    warms up on a spare slot in initialize(). Triton's candidate sequences exceed each slot pool, so
+    a sequence beyond the pool reaches the model and gets its clear "pool full" error (a refused
+    sequence keeps its Triton candidate until the idle timeout) instead of queueing in Triton."""
+
+    def deployment(name: str, parameters: dict[str, str]) -> mc.Deployment:
+        params = dict(parameters)
+        if options.torch_threads:
+            params["torch_threads"] = str(options.torch_threads)
+        return mc.Deployment(
+            kind="KIND_GPU" if options.gpu else "KIND_CPU",
+            count=int(options.instances.get(name, 1)),
+            max_queue_delay_us=options.max_queue_delay_us,
+            parameters=params,
+        )
+
+    method = {"decoding_method": options.decoding_method} if options.decoding_method else {}
+    slots = options.stream_slots
+    sequence = mc.SequenceBatching(
+        max_sequence_idle_us=int(options.stream_idle_s * 1e6),
+        max_candidate_sequences=2 * slots,
+        max_queue_delay_us=options.max_queue_delay_us,
+    )
+    enc, dec, ses = spec.STREAMING_ENCODER, spec.STREAMING_DECODER, spec.DECODER_SESSION
+    return {
+        enc: mc.model_config(
+            specs[enc], backend="python", sequence=sequence,
+            deployment=deployment(enc, {"max_sequences": str(slots)}),
+        ),
+        # The decoder's pool is twice the encoder's: a sequence that ended in the encoder may still be
+        # queued here while a new one starts (see backends/streaming_decoder.py).
+        dec: mc.model_config(
+            specs[dec], backend="python",
+            sequence=mc.SequenceBatching(sequence.max_sequence_idle_us, 4 * slots, options.max_queue_delay_us),
+            deployment=deployment(dec, {"max_sequences": str(2 * slots), **method}),
+        ),
+        spec.ASR_STREAMING: mc.ensemble_config(specs[spec.ASR_STREAMING]),
+        ses: mc.model_config(
+            specs[ses], backend="python", decoupled=True,
+            deployment=deployment(ses, {
+                "max_sessions": str(options.session_slots),
+                "idle_seconds": repr(float(options.session_idle_s)),
+                "state_dtype": options.session_state_dtype,
+                **method,
+            }),
+        ),
+    }  # fmt: skip
 
 
 def _check_engine(plan: Path, onnx_path: Path, n_mels: int, fp16: bool, log: Log) -> None:

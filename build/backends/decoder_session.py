@@ -1,0 +1,281 @@
+"""`decoder_session` model (decoupled): decoder sessions that keep their state and stream tokens.
+
+A session is a correlation ID. Its first request (START) carries the AUDIO: it runs features,
+encoder and bridge once and feeds the prefix into a decoder state, which is kept in a slot of the
+session pool; CONTEXT text (any request) is appended to that kept history. Every request that
+generates (MAX_TOKENS != 0) copies the kept state into a working row, feeds its own
+``[PROMPT][BOS]`` there and decodes -- greedy, beam or sampled -- so a session tries new prompts and
+settings without re-running the encoder or its history, and the cost per generated token is the
+same whatever the history length (the state has a fixed size).
+
+Each generated token is sent as its own response (TOKEN, TOKEN_ID, TRANSCRIPT so far, IS_FINAL
+false) as soon as it is chosen; the last response has IS_FINAL true and Triton's final flag. Beam
+search picks its best hypothesis only at the end: its tokens are sent then.
+
+No sequence batcher (HTTP generate_stream could not name the session then): the session comes from
+the correlation ID (gRPC sequence_id + START/END) or the request parameters ``sequence_id``,
+``sequence_start``, ``sequence_end`` (HTTP generate). So this model enforces START, END and the idle
+timeout itself; it must run as one instance (a session lives in one process).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+from mambaserve.build import spec
+from mambaserve.build.backends.common import (
+    checkpoint_dir,
+    configure_torch_threads,
+    decode_prompts,
+    parameter,
+    torch_device,
+    validate_audio,
+)
+from mambaserve.build.backends.metrics import (
+    AUDIO_REJECTION_REASONS,
+    INTERNAL,
+    STATEFUL_REJECTION_REASONS,
+    Metrics,
+)
+from mambaserve.build.backends.slot_pool import SequenceError, SlotPool
+from mambaserve.build.backends.stateful import (
+    PoolMetrics,
+    idle_timeout_s,
+    int_parameter,
+    parse_sampling,
+    sequence_of,
+)
+from mambaserve.build.backends.streaming_encoder import distinct_rounds
+
+FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
+
+
+@dataclass
+class _Item:
+    sender: object
+    seq: object
+    slot: int = -1
+    audio: np.ndarray | None = None
+    prompt: list[int] = field(default_factory=list)
+    context: list[int] = field(default_factory=list)
+    sampling: object = None
+    ids: list[int] = field(default_factory=list)
+    text: str = ""
+    done: bool = False
+
+
+class TritonPythonModel:
+    def initialize(self, args: dict) -> None:
+        import torch
+        from mambaserve.build.backends.streaming_engine import DecoderPool, EncoderStreams, Sampling
+        from mambaserve.training.inference import Recognizer
+
+        configure_torch_threads(args)
+        self.torch = torch
+        self.name = args["model_name"]
+        self.device = torch_device(args)
+        self.recognizer = Recognizer(checkpoint_dir(args), device=self.device)
+        self.config = config = self.recognizer.config
+        self.tokenizer = self.recognizer.tokenizer
+        d = config.decoding
+        method = parameter(args, "decoding_method") or d.method
+        self.defaults = Sampling(method=method, beam_size=d.beam_size, length_penalty=d.length_penalty)
+        capacity = int_parameter(args, "max_sessions", spec.SESSION_SLOTS)
+        batch = max(1, int(self._config_value(args, "max_batch_size", spec.MAX_BATCH_SIZE)))
+        dtype = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[
+            parameter(args, "state_dtype", "float32")
+        ]
+        model = self.recognizer.model
+        self.encoder = EncoderStreams(model, batch, self.device)  # transient: a session's audio, once
+        self.sessions = DecoderPool(model.decoder, capacity, self.device, dtype=dtype)
+        self.work = DecoderPool(model.decoder, batch, self.device)  # one row per request generating
+        self.history = [0] * capacity
+        self.frames = [0] * capacity
+        self.min_samples = config.features.win_length
+        self.metrics = Metrics()
+        self.metrics.declare(
+            self.name, audio=True, tokens=True, slots=True,
+            reasons=(*STATEFUL_REJECTION_REASONS, *AUDIO_REJECTION_REASONS, INTERNAL),
+        )  # fmt: skip
+        self.pool_metrics = PoolMetrics(self.metrics, self.name)
+        self.pool = SlotPool(
+            capacity, idle_timeout_s(args, spec.SESSION_IDLE_SECONDS), what="session",
+            on_change=self.pool_metrics.update,
+        )  # fmt: skip
+        self._warm_up()
+        self.pool_metrics.update(self.pool)
+        self.pool.start_reaper()
+
+    @staticmethod
+    def _config_value(args: dict, key: str, default):
+        import json
+
+        return json.loads(args["model_config"]).get(key, default)
+
+    def finalize(self) -> None:
+        self.pool.stop_reaper()
+
+    def _warm_up(self) -> None:
+        from mambaserve.training.tokenizer import BOS_ID
+
+        self.encoder.reset(0)
+        self.encoder.process([0], [np.zeros(spec.SAMPLE_RATE, np.float32)], [True])
+        self.encoder.reset(0)
+        self.work.reset([0])
+        logits = self.work.feed_tokens([0], [[BOS_ID]])
+        self.work.generate([0], logits, [self.defaults], [4], self.config.eos_id)
+
+    # -- requests --------------------------------------------------------------------------------
+    def _text_input(self, request, tensor: spec.TensorSpec) -> list[int]:
+        raw = pb_utils.get_input_tensor_by_name(request, tensor.name)
+        if raw is None:
+            return []
+        try:
+            text = decode_prompts(raw.as_numpy(), 1)[0]
+            return self.recognizer.validate_prompt(text)
+        except ValueError as e:
+            message = str(e).replace(f"'{spec.PROMPT.name}'", f"'{tensor.name}'")
+            raise ValueError(message if f"'{tensor.name}'" in message else f"input '{tensor.name}': {message}") from None
+
+    def _parse(self, request, item: _Item) -> None:
+        seq = item.seq = sequence_of(request, "session")
+        audio = pb_utils.get_input_tensor_by_name(request, spec.AUDIO.name)
+        if audio is not None:
+            if not seq.start:
+                raise ValueError(
+                    f"input '{spec.AUDIO.name}' is accepted on the first request of a session (START) only; "
+                    f"start a new session for other audio"
+                )
+            item.audio = validate_audio(audio.as_numpy(), min_samples=self.min_samples)
+            if item.audio.shape[0] != 1:
+                raise ValueError(f"input '{spec.AUDIO.name}' must have shape [1, samples] (one session per request)")
+        elif seq.start:
+            raise ValueError(f"the first request of a session (START) must carry '{spec.AUDIO.name}'")
+        item.prompt = self._text_input(request, spec.PROMPT)
+        item.context = self._text_input(request, spec.CONTEXT)
+        values = {}
+        for t in spec.SESSION_SETTINGS:
+            tensor = pb_utils.get_input_tensor_by_name(request, t.name)
+            values[t.name] = None if tensor is None else tensor.as_numpy()
+        item.sampling = parse_sampling(values, self.defaults, vocab_size=self.config.vocab_size)
+
+    def _send(self, item: _Item, token: int = -1, piece: str = "", final: bool = False) -> None:
+        def s(value: str) -> np.ndarray:
+            return np.array([[value.encode("utf-8")]], dtype=object)
+
+        response = pb_utils.InferenceResponse(output_tensors=[
+            pb_utils.Tensor(spec.TOKEN.name, s(piece)),
+            pb_utils.Tensor(spec.TOKEN_ID.name, np.array([[token]], dtype=np.int32)),
+            pb_utils.Tensor(spec.TRANSCRIPT.name, s(item.text)),
+            pb_utils.Tensor(spec.IS_FINAL.name, np.array([[final]], dtype=bool)),
+            pb_utils.Tensor(spec.HISTORY_LENGTH.name, np.array([[self.history[item.slot] if item.slot >= 0 else 0]], dtype=np.int64)),
+        ])  # fmt: skip
+        if final:
+            item.sender.send(response, flags=FINAL)
+            item.done = True
+        else:
+            item.sender.send(response)
+
+    def _fail(self, item: _Item, message: str) -> None:
+        if not item.done:
+            item.sender.send(pb_utils.InferenceResponse(error=pb_utils.TritonError(message)), flags=FINAL)
+            item.done = True
+
+    def _token(self, item: _Item, token: int) -> None:
+        item.ids.append(token)
+        text = self.tokenizer.decode(item.ids)
+        piece = text[len(item.text) :] if text.startswith(item.text) else text
+        item.text = text
+        self._send(item, token, piece)
+
+    def execute(self, requests):
+        items: list[_Item] = []
+        for request in requests:
+            item = _Item(sender=request.get_response_sender(), seq=None)
+            try:
+                self._parse(request, item)
+                item.slot = self.pool.start(item.seq.key) if item.seq.start else self.pool.get(item.seq.key)
+                items.append(item)
+            except SequenceError as e:
+                self._fail(item, str(e))
+                if e.reason != "pool_full":
+                    self.metrics.rejected(self.name, e.reason)
+            except ValueError as e:
+                self._fail(item, str(e))
+                text = str(e)
+                reason = "prompt" if f"'{spec.PROMPT.name}'" in text or f"'{spec.CONTEXT.name}'" in text else "invalid_input"
+                self.metrics.rejected(self.name, reason)
+        if not items:
+            return None
+        with self.pool.lease([it.seq.key for it in items]):
+            for positions in distinct_rounds([it.slot for it in items]):
+                group = [items[p] for p in positions]
+                try:
+                    self._run(group)
+                except Exception as e:  # this group's sessions are in an unknown state: close them
+                    for it in group:
+                        self.pool.end(it.seq.key)
+                        self._fail(it, f"session {it.seq.key!r} failed and was closed: {type(e).__name__}: {e}")
+                    self.metrics.rejected(self.name, "decode_error", len(group))
+        for it in items:
+            if it.seq.end:
+                self.pool.end(it.seq.key)
+        return None
+
+    # -- the work --------------------------------------------------------------------------------
+    def _run(self, group: list[_Item]) -> None:
+        from mambaserve.build.backends.streaming_engine import BEAM, max_decode_length
+        from mambaserve.training.tokenizer import BOS_ID
+
+        torch = self.torch
+        starts = [it for it in group if it.seq.start]
+        if starts:
+            slots = [it.slot for it in starts]
+            self.sessions.reset(slots)
+            rows = list(range(len(starts)))
+            for r in rows:
+                self.encoder.reset(r)
+            out = self.encoder.process(rows, [it.audio[0] for it in starts], [True] * len(starts))
+            self.sessions.feed(slots, [r.prefix for r in out])
+            for it, r in zip(starts, out):
+                self.history[it.slot] = r.prefix.shape[0]
+                self.frames[it.slot] = r.frames_total
+            self.metrics.audio_seconds(self.name, sum(it.audio.size for it in starts) / spec.SAMPLE_RATE)
+        with_context = [it for it in group if it.context]
+        if with_context:
+            self.sessions.feed_tokens([it.slot for it in with_context], [it.context for it in with_context])
+            for it in with_context:
+                self.history[it.slot] += len(it.context)
+
+        generating = [it for it in group if it.sampling.max_tokens != 0]
+        for it in group:
+            if it.sampling.max_tokens == 0:
+                self._send(it, final=True)
+        if not generating:
+            return
+        rows = list(range(len(generating)))
+        self.sessions.copy_to([it.slot for it in generating], self.work, rows)
+        logits = self.work.feed_tokens(rows, [[*it.prompt, BOS_ID] for it in generating])
+        budgets = [
+            it.sampling.max_tokens if it.sampling.max_tokens is not None else max_decode_length(self.frames[it.slot], self.config)
+            for it in generating
+        ]
+        settings = [it.sampling for it in generating]
+        eos = self.config.eos_id
+        sampled = [j for j, it in enumerate(generating) if it.sampling.method != BEAM]
+        if sampled:
+            index = torch.tensor(sampled)
+            self.work.generate(
+                [rows[j] for j in sampled], logits[index], [settings[j] for j in sampled], [budgets[j] for j in sampled],
+                eos, on_token=lambda r, token: self._token(generating[sampled[r]], token),
+            )  # fmt: skip
+        for j, it in enumerate(generating):
+            if it.sampling.method == BEAM:
+                ids = self.work.beam([rows[j]], logits[j : j + 1], [settings[j]], [budgets[j]], eos, self.config.blank_id)[0]
+                for token in ids:
+                    self._token(it, token)
+        self.metrics.tokens(self.name, sum(len(it.ids) for it in generating))
+        for it in generating:
+            self._send(it, final=True)

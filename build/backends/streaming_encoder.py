@@ -1,0 +1,157 @@
+"""`streaming_encoder` model (step 1 of `asr_streaming`): one audio chunk per request -> log-mel ->
+causal encoder -> CTC partial transcript + the chunk's new decoder prefix vectors.
+
+Sequence-batched (strategy `oldest`): a batch holds chunks of different sequences, of different
+lengths; each sequence's carried samples, frames and encoder state live in a slot of this
+instance's pool (streaming_engine.EncoderStreams), which START claims, END frees and the idle reaper
+takes back. A full pool refuses only the new sequence.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+from mambaserve.build import spec
+from mambaserve.build.backends.common import checkpoint_dir, configure_torch_threads, torch_device
+from mambaserve.build.backends.metrics import INTERNAL, STATEFUL_REJECTION_REASONS, Metrics
+from mambaserve.build.backends.slot_pool import SequenceError, SlotPool
+from mambaserve.build.backends.stateful import (
+    PoolMetrics,
+    idle_timeout_s,
+    int_parameter,
+    sequence_of,
+    validate_chunk,
+)
+
+
+def distinct_rounds(slots: list[int]) -> list[list[int]]:
+    """Positions grouped so that no slot repeats within a group, order kept per slot (the batcher
+    never puts two requests of one sequence in a batch; this keeps us exact even if it did)."""
+    rounds: list[list[int]] = []
+    seen: list[set[int]] = []
+    last_round: dict[int, int] = {}
+    for pos, slot in enumerate(slots):
+        r = last_round.get(slot, -1) + 1
+        while r < len(rounds) and slot in seen[r]:
+            r += 1
+        if r == len(rounds):
+            rounds.append([])
+            seen.append(set())
+        rounds[r].append(pos)
+        seen[r].add(slot)
+        last_round[slot] = r
+    return rounds
+
+
+class TritonPythonModel:
+    def initialize(self, args: dict) -> None:
+        import torch
+        from mambaserve.build.backends.streaming_engine import EncoderStreams
+        from mambaserve.training.checkpoint import load_checkpoint
+
+        configure_torch_threads(args)
+        self.torch = torch
+        self.name = args["model_name"]
+        self.device = torch_device(args)
+        ckpt = load_checkpoint(checkpoint_dir(args), self.device)
+        self.tokenizer = ckpt.tokenizer
+        capacity = int_parameter(args, "max_sequences", spec.STREAM_SLOTS)
+        self.engine = EncoderStreams(ckpt.model.eval(), capacity, self.device)
+        self.max_chunk = int(spec.MAX_AUDIO_SECONDS * spec.SAMPLE_RATE)
+        self.max_total = int(spec.MAX_STREAM_SECONDS * spec.SAMPLE_RATE)
+        self.samples_total = [0] * capacity
+        self.metrics = Metrics()
+        self.metrics.declare(self.name, audio=True, reasons=(*STATEFUL_REJECTION_REASONS, INTERNAL), slots=True)
+        self.pool_metrics = PoolMetrics(self.metrics, self.name)
+        self.pool = SlotPool(
+            capacity, idle_timeout_s(args, spec.STREAM_IDLE_SECONDS), what="sequence",
+            on_free=self.engine.release, on_change=self.pool_metrics.update,
+        )  # fmt: skip
+        # Warm up the kernels on slot 0 (no sequence holds it yet), then clear it.
+        self.engine.reset(0)
+        self.engine.process([0], [np.zeros(spec.SAMPLE_RATE, np.float32)], [True])
+        self.engine.reset(0)
+        self.pool_metrics.update(self.pool)
+        self.pool.start_reaper()
+
+    def finalize(self) -> None:
+        self.pool.stop_reaper()
+
+    def _error(self, message: str):
+        return pb_utils.InferenceResponse(error=pb_utils.TritonError(message))
+
+    def execute(self, requests):
+        responses: list = [None] * len(requests)
+        accepted = []  # (request index, sequence, slot, samples)
+        for i, request in enumerate(requests):
+            try:
+                seq = sequence_of(request)
+                tensor = pb_utils.get_input_tensor_by_name(request, spec.AUDIO.name)
+                samples = validate_chunk(None if tensor is None else tensor.as_numpy(), max_samples=self.max_chunk)
+                slot = self.pool.start(seq.key) if seq.start else self.pool.get(seq.key)
+                if seq.start:
+                    self.engine.reset(slot)
+                    self.samples_total[slot] = 0
+                if self.samples_total[slot] + samples.size > self.max_total:
+                    raise ValueError(
+                        f"sequence {seq.key!r} would exceed {spec.MAX_STREAM_SECONDS:g} s of audio, the limit of "
+                        f"one utterance; end it and start another"
+                    )
+                self.samples_total[slot] += samples.size
+                accepted.append((i, seq, slot, samples))
+            except SequenceError as e:
+                responses[i] = self._error(str(e))
+                if e.reason != "pool_full":  # pool_full is counted as a rejected *sequence*
+                    self.metrics.rejected(self.name, e.reason)
+            except ValueError as e:
+                responses[i] = self._error(str(e))
+                self.metrics.rejected(self.name, "invalid_input")
+        if not accepted:
+            return responses
+
+        keys = [seq.key for _, seq, _, _ in accepted]
+        with self.pool.lease(keys):
+            try:
+                results: list = [None] * len(accepted)
+                for positions in distinct_rounds([slot for _, _, slot, _ in accepted]):
+                    chunk = [accepted[p] for p in positions]
+                    out = self.engine.process(
+                        [slot for _, _, slot, _ in chunk], [s for _, _, _, s in chunk], [seq.end for _, seq, _, _ in chunk]
+                    )
+                    for p, r in zip(positions, out):
+                        results[p] = r
+            except Exception as e:  # the batch's state is unknown now: close its sequences, say why
+                for i, seq, _, _ in accepted:
+                    self.pool.end(seq.key)
+                    responses[i] = self._error(
+                        f"streaming encoder failed, sequence {seq.key!r} closed: {type(e).__name__}: {e}"
+                    )
+                self.metrics.rejected(self.name, INTERNAL, len(accepted))
+                return responses
+        self.metrics.audio_seconds(self.name, sum(s.size for _, _, _, s in accepted) / spec.SAMPLE_RATE)
+
+        for (i, seq, _, _), r in zip(accepted, results):
+            responses[i] = pb_utils.InferenceResponse(output_tensors=self._outputs(r))
+            if seq.end:
+                self.pool.end(seq.key)
+        return responses
+
+    def _outputs(self, r) -> list:
+        def padded(t) -> np.ndarray:  # at least one row: a chunk may add none
+            a = t.float().cpu().numpy()
+            if a.shape[0] == 0:
+                a = np.zeros((1, a.shape[1]), np.float32)
+            return a[None]
+
+        def scalar(v: int) -> np.ndarray:
+            return np.array([[v]], dtype=np.int64)
+
+        text = self.tokenizer.decode(r.ids).encode("utf-8")
+        return [
+            pb_utils.Tensor(spec.PREFIX.name, padded(r.prefix)),
+            pb_utils.Tensor(spec.PREFIX_LENGTHS.name, scalar(r.prefix.shape[0])),
+            pb_utils.Tensor(spec.CTC_LOGPROBS.name, padded(r.ctc_logprobs)),
+            pb_utils.Tensor(spec.CTC_LENGTHS.name, scalar(r.ctc_logprobs.shape[0])),
+            pb_utils.Tensor(spec.PARTIAL.name, np.array([[text]], dtype=object)),
+            pb_utils.Tensor(spec.ENCODER_FRAMES.name, scalar(r.frames_total)),
+        ]

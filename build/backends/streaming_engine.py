@@ -1,0 +1,398 @@
+"""Streaming recognition and decoder sessions on slot pools: the torch side of the stateful models.
+
+Everything a sequence carries between requests lives in preallocated rows of a pool, addressed by
+slot (see slot_pool.py for the correlation ID -> slot map):
+
+- :class:`EncoderStreams` (audio chunk -> log-mel -> causal encoder -> CTC partial + decoder prefix)
+  keeps per slot: the samples that do not complete a window (< win_length), feature frames that do
+  not fill a stack (< subsampling), encoder frames that do not fill a bridge stride (< stride; all
+  frames for a non-causal bridge), the encoder's Mamba state, and the CTC greedy path so far.
+  Fed any chunking of an utterance it produces exactly the offline frames, prefix and CTC path.
+- :class:`DecoderPool` (decoder states in a pool) advances rows over prefix vectors or tokens
+  (right-padded batches continue exactly from each row's state) and generates in place: each step
+  updates the pool rows through the kernels' ``state_batch_indices`` (``MambaStack.step(slots=)``).
+
+Batches mix sequences at different points with different chunk lengths: every call right-pads and
+masks, so a row's result does not depend on what else is in the batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from mambaserve.training.features import num_frames
+from mambaserve.training.mamba import MambaState
+from torch import Tensor
+
+GREEDY, BEAM, SAMPLE = "greedy", "beam", "sample"
+METHODS = (GREEDY, BEAM, SAMPLE)
+
+
+def _pool(config, capacity: int, device, dtype=torch.float32) -> MambaState:
+    state = MambaState.zeros(config, capacity, device=device)
+    return MambaState(state.conv.to(dtype), state.ssm.to(dtype))
+
+
+def _index(slots: Sequence[int], device) -> Tensor:
+    return torch.as_tensor(list(slots), dtype=torch.long, device=device)
+
+
+def _right_pad(rows: Sequence[Tensor], width: int | None = None) -> tuple[Tensor, Tensor]:
+    """[L_i, ...] rows -> [B, L, ...] zero right padding and a mask [B, L] (1 = real)."""
+    longest = width if width is not None else max(r.shape[0] for r in rows)
+    first = rows[0]
+    out = first.new_zeros((len(rows), longest, *first.shape[1:]))
+    mask = first.new_zeros((len(rows), longest), dtype=torch.float32)
+    for i, r in enumerate(rows):
+        out[i, : r.shape[0]] = r
+        mask[i, : r.shape[0]] = 1
+    return out, mask
+
+
+# ---------------------------------------------------------------------------------------------
+# Encoder side
+# ---------------------------------------------------------------------------------------------
+@dataclass
+class EncoderChunk:
+    """What one chunk of one sequence produced."""
+
+    prefix: Tensor  # [P, d_dec] new decoder prefix vectors (P may be 0)
+    ctc_logprobs: Tensor  # [T', vocab] CTC log-probs of the new encoder frames (T' may be 0)
+    ids: list[int]  # the CTC greedy path of the whole utterance so far
+    frames_total: int  # encoder frames of the whole utterance so far (what max decode length uses)
+
+
+@dataclass
+class _EncoderSlot:
+    samples: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
+    feats: Tensor | None = None  # [< subsampling, n_mels]
+    frames: Tensor | None = None  # [< stride, d_enc], or every frame for a non-causal bridge
+    ids: list[int] = field(default_factory=list)
+    last: int = -1  # last argmax of the CTC path (repeats collapse across chunk borders)
+    frames_total: int = 0
+
+
+class EncoderStreams:
+    """Streaming front end + encoder + CTC + bridge of a SpeechMamba, ``capacity`` sequences."""
+
+    def __init__(self, model, capacity: int, device: str | torch.device = "cpu"):
+        self.model = model
+        self.device = torch.device(device)
+        c = model.config
+        self.feature_config = c.features
+        self.subsampling = c.encoder.subsampling
+        self.blank = c.blank_id
+        self.causal_bridge = c.bridge.kind == "stride"
+        self.stride = c.bridge.stride if self.causal_bridge else 1
+        self.capacity = capacity
+        self.state = _pool(c.encoder.mamba, capacity, self.device)
+        self.slots = [_EncoderSlot() for _ in range(capacity)]
+        self.n_mels = c.features.n_mels
+        self.d_enc = c.encoder.mamba.d_model
+
+    def state_nbytes(self) -> int:
+        """Fixed bytes of encoder state per sequence (the carried leftovers add < 1 window of audio)."""
+        return self.state.nbytes() // self.capacity
+
+    def reset(self, slot: int) -> None:
+        self.state.conv[:, slot].zero_()
+        self.state.ssm[:, slot].zero_()
+        self.slots[slot] = _EncoderSlot()
+
+    def release(self, slot: int) -> None:
+        self.slots[slot] = _EncoderSlot()  # drop the Python-side memory; rows are zeroed at START
+
+    @torch.no_grad()
+    def process(self, slots: Sequence[int], chunks: Sequence[np.ndarray], final: Sequence[bool]) -> list[EncoderChunk]:
+        """One chunk (1-D float32 samples, possibly empty) per slot; slots must be distinct."""
+        fc = self.feature_config
+        s = self.subsampling
+        extractor = self.model.features
+        n = len(slots)
+
+        # 1. samples -> log-mel frames, carrying what does not complete a window.
+        audio, n_new = [], []
+        for slot, chunk in zip(slots, chunks):
+            st = self.slots[slot]
+            samples = np.concatenate([st.samples, np.asarray(chunk, dtype=np.float32).reshape(-1)])
+            frames = num_frames(len(samples), fc)
+            n_new.append(frames)
+            if frames:
+                audio.append(samples[: (frames - 1) * fc.hop_length + fc.win_length])
+                st.samples = samples[frames * fc.hop_length :].copy()
+            else:
+                audio.append(None)
+                st.samples = samples
+        new_feats: list[Tensor] = [torch.zeros(0, self.n_mels, device=self.device)] * n
+        rows = [i for i in range(n) if n_new[i]]
+        if rows:
+            longest = max(len(audio[i]) for i in rows)
+            batch = torch.zeros(len(rows), longest)
+            for j, i in enumerate(rows):
+                batch[j, : len(audio[i])] = torch.from_numpy(audio[i])
+            mel = (extractor.log_mel(batch.to(self.device)) - extractor.mean) / extractor.std
+            for j, i in enumerate(rows):
+                new_feats[i] = mel[j, : n_new[i]]
+
+        # 2. feature frames -> stacks of `subsampling` (the remainder waits for the next chunk).
+        stacks, n_out = [], []
+        for i, slot in enumerate(slots):
+            st = self.slots[slot]
+            feats = new_feats[i] if st.feats is None else torch.cat([st.feats, new_feats[i]])
+            k = feats.shape[0] // s
+            stacks.append(feats[: k * s])
+            st.feats = feats[k * s :]
+            n_out.append(k)
+
+        # 3. the encoder, masked so that each row continues from its own state.
+        new_frames: list[Tensor] = [torch.zeros(0, self.d_enc, device=self.device)] * n
+        rows = [i for i in range(n) if n_out[i]]
+        if rows:
+            index = _index([slots[i] for i in rows], self.device)
+            feats, _ = _right_pad([stacks[i] for i in rows])
+            mask = (torch.arange(feats.shape[1] // s, device=self.device)[None, :]
+                    < torch.tensor([n_out[i] for i in rows], device=self.device)[:, None]).float()  # fmt: skip
+            state = MambaState(self.state.conv[:, index], self.state.ssm[:, index])
+            frames, _, state = self.model.encoder(feats, mask.sum(1).long() * s, state, mask=mask)
+            self.state.conv[:, index] = state.conv.to(self.state.conv.dtype)
+            self.state.ssm[:, index] = state.ssm.to(self.state.ssm.dtype)
+            for j, i in enumerate(rows):
+                new_frames[i] = frames[j, : n_out[i]]
+
+        # 4. CTC log-probs of the new frames (one batched head), greedy path across chunk borders.
+        ctc = [torch.zeros(0, self.model.ctc_head.out_features, device=self.device)] * n
+        if rows:
+            flat = torch.cat([new_frames[i] for i in rows])
+            logprobs = F.log_softmax(self.model.ctc_head(flat).float(), dim=-1)
+            best = logprobs.argmax(-1).tolist()
+            offset = 0
+            for i in rows:
+                ctc[i] = logprobs[offset : offset + n_out[i]]
+                st = self.slots[slots[i]]
+                for token in best[offset : offset + n_out[i]]:
+                    if token != st.last and token != self.blank:
+                        st.ids.append(int(token))
+                    st.last = token
+                offset += n_out[i]
+
+        # 5. the bridge: `stride` frames per prefix vector (a non-causal bridge runs at the end).
+        prefixes = self._bridge(slots, new_frames, final)
+        out = []
+        for i, slot in enumerate(slots):
+            st = self.slots[slot]
+            st.frames_total += n_out[i]
+            out.append(EncoderChunk(prefixes[i], ctc[i], list(st.ids), st.frames_total))
+        return out
+
+    def _bridge(self, slots: Sequence[int], new_frames: list[Tensor], final: Sequence[bool]) -> list[Tensor]:
+        d_dec = self.model.config.decoder.mamba.d_model
+        empty = torch.zeros(0, d_dec, device=self.device)
+        out = [empty] * len(slots)
+        if not self.causal_bridge:
+            for i, slot in enumerate(slots):
+                st = self.slots[slot]
+                st.frames = new_frames[i] if st.frames is None else torch.cat([st.frames, new_frames[i]])
+                if final[i] and st.frames.shape[0]:
+                    n = st.frames.shape[0]
+                    prefix, lengths = self.model.bridge(st.frames[None], torch.tensor([n], device=self.device))
+                    out[i] = prefix[0, : int(lengths[0])]
+            return out
+        # Concatenating whole strides of every row along time keeps the pairs intact: one call.
+        pieces, counts = [], []
+        for i, slot in enumerate(slots):
+            st = self.slots[slot]
+            frames = new_frames[i] if st.frames is None else torch.cat([st.frames, new_frames[i]])
+            k = frames.shape[0] // self.stride
+            pieces.append(frames[: k * self.stride])
+            st.frames = frames[k * self.stride :]
+            counts.append(k)
+        if sum(counts):
+            flat = torch.cat(pieces)[None]
+            prefix, _ = self.model.bridge(flat, torch.tensor([flat.shape[1]], device=self.device))
+            offset = 0
+            for i, k in enumerate(counts):
+                out[i] = prefix[0, offset : offset + k]
+                offset += k
+        return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Decoder side
+# ---------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Sampling:
+    """How one request generates. ``method``: greedy | beam | sample."""
+
+    method: str = GREEDY
+    max_tokens: int | None = None  # None: the budget from the audio length
+    min_tokens: int = 0  # end-of-sequence is suppressed before this many tokens
+    temperature: float = 1.0
+    top_k: int = 0  # 0: the whole vocabulary
+    seed: int = 0
+    beam_size: int = 4
+    ctc_weight: float = 0.0
+    length_penalty: float = 0.0
+
+
+TokenCallback = Callable[[int, int], None]
+"""on_token(row, token id): called as each token is chosen (before the next step runs)."""
+
+
+class DecoderPool:
+    """Decoder Mamba states of ``capacity`` rows; feed and generate address rows by slot."""
+
+    def __init__(self, decoder, capacity: int, device: str | torch.device = "cpu", dtype=torch.float32):
+        self.decoder = decoder
+        self.device = torch.device(device)
+        self.capacity = capacity
+        self.state = _pool(decoder.config.mamba, capacity, self.device, dtype)
+
+    def state_nbytes(self) -> int:
+        return self.state.nbytes() // self.capacity
+
+    def reset(self, slots: Sequence[int]) -> None:
+        index = _index(slots, self.device)
+        self.state.conv[:, index] = 0
+        self.state.ssm[:, index] = 0
+
+    def copy_to(self, src: Sequence[int], dest: DecoderPool, dst: Sequence[int]) -> None:
+        """dest rows `dst` <- this pool's rows `src` (a session's saved state -> a working row)."""
+        s, d = _index(src, self.device), _index(dst, dest.device)
+        dest.state.conv[:, d] = self.state.conv[:, s].to(dest.device, dest.state.conv.dtype)
+        dest.state.ssm[:, d] = self.state.ssm[:, s].to(dest.device, dest.state.ssm.dtype)
+
+    @torch.no_grad()
+    def feed(self, slots: Sequence[int], inputs: Sequence[Tensor]) -> Tensor | None:
+        """Advance rows over embedded inputs [L_i, d] (L_i >= 0); returns next-token logits [B, V]
+        at each row's last input (None when no row had input; rows without input get zeros)."""
+        rows = [i for i, x in enumerate(inputs) if x.shape[0]]
+        if not rows:
+            return None
+        index = _index([slots[i] for i in rows], self.device)
+        x, mask = _right_pad([inputs[i].to(self.device, torch.float32) for i in rows])
+        state = MambaState(self.state.conv[:, index].float(), self.state.ssm[:, index].float())
+        hidden, state = self.decoder.mamba(x, state, mask=mask)
+        self.state.conv[:, index] = state.conv.to(self.state.conv.dtype)
+        self.state.ssm[:, index] = state.ssm.to(self.state.ssm.dtype)
+        last = mask.sum(1).long() - 1
+        logits_rows = self.decoder.head(hidden[torch.arange(len(rows), device=self.device), last])
+        logits = logits_rows.new_zeros(len(inputs), logits_rows.shape[-1])
+        logits[torch.tensor(rows, device=self.device)] = logits_rows
+        return logits
+
+    def feed_tokens(self, slots: Sequence[int], ids: Sequence[Sequence[int]]) -> Tensor | None:
+        embed = self.decoder.embed
+        return self.feed(slots, [embed(torch.tensor(list(t), dtype=torch.long, device=self.device)) for t in ids])
+
+    @torch.no_grad()
+    def generate(
+        self,
+        slots: Sequence[int],
+        logits: Tensor,
+        settings: Sequence[Sampling],
+        max_lengths: Sequence[int],
+        eos_id: int,
+        on_token: TokenCallback | None = None,
+        should_stop: Callable[[int], bool] | None = None,
+    ) -> list[list[int]]:
+        """Greedy / sampled decoding of rows in place (the rows' states advance), one batched step per
+        token for every row still running. Same stopping rule as the offline greedy search: a row stops
+        at end-of-sequence or after its budget, neither included."""
+        n = len(slots)
+        out: list[list[int]] = [[] for _ in range(n)]
+        budgets = [min(m, s.max_tokens) if s.max_tokens is not None else m for m, s in zip(max_lengths, settings)]
+        generators = [self._generator(s) for s in settings]
+        active = list(range(n))
+        while active:
+            tokens = self._choose(logits, [settings[r] for r in active], [generators[r] for r in active],
+                                  [len(out[r]) for r in active], eos_id)  # fmt: skip
+            keep = []
+            for j, r in enumerate(active):
+                token = tokens[j]
+                if token == eos_id or len(out[r]) >= budgets[r] or (should_stop is not None and should_stop(r)):
+                    continue
+                out[r].append(token)
+                if on_token is not None:
+                    on_token(r, token)
+                keep.append(j)
+            if not keep:
+                break
+            active = [active[j] for j in keep]
+            index = _index([slots[r] for r in active], self.device)
+            token_t = torch.tensor([out[r][-1] for r in active], dtype=torch.long, device=self.device)
+            x = self.decoder.embed(token_t)
+            logits = self.decoder.head(self.decoder.mamba.step(x, self.state, index))
+        return out
+
+    @staticmethod
+    def _generator(s: Sampling) -> torch.Generator | None:
+        if s.method != SAMPLE:
+            return None
+        g = torch.Generator()
+        g.manual_seed(int(s.seed))
+        return g
+
+    @staticmethod
+    def _choose(logits: Tensor, settings, generators, lengths, eos_id: int) -> list[int]:
+        logits = logits.float().cpu()
+        for j, (s, n) in enumerate(zip(settings, lengths)):
+            if n < s.min_tokens:
+                logits[j, eos_id] = float("-inf")
+        tokens = logits.argmax(-1).tolist()
+        for j, (s, g) in enumerate(zip(settings, generators)):
+            if s.method != SAMPLE:
+                continue
+            row = logits[j] / max(s.temperature, 1e-5)
+            if 0 < s.top_k < row.shape[0]:
+                kth = torch.topk(row, s.top_k).values[-1]
+                row = row.masked_fill(row < kth, float("-inf"))
+            probs = torch.softmax(row.double(), -1)
+            tokens[j] = int(torch.multinomial(probs, 1, generator=g))
+        return tokens
+
+    @torch.no_grad()
+    def beam(
+        self,
+        slots: Sequence[int],
+        logits: Tensor,
+        settings: Sequence[Sampling],
+        max_lengths: Sequence[int],
+        eos_id: int,
+        blank_id: int,
+        ctc: Sequence[Tensor] | None = None,
+    ) -> list[list[int]]:
+        """Beam search from the rows' current states (rows are left unchanged): the offline
+        `beam_search`, started from (logits, state) instead of a prefill."""
+        from mambaserve.training.model import EncoderOutput
+        from mambaserve.training.search import beam_search
+
+        results = []
+        for i, slot in enumerate(slots):  # one item at a time: beam sizes and CTC weights may differ
+            s = settings[i]
+            index = _index([slot], self.device)
+            state = MambaState(self.state.conv[:, index].float(), self.state.ssm[:, index].float())
+            enc = None
+            if s.ctc_weight > 0 and ctc is not None and ctc[i] is not None:
+                c = ctc[i].to(self.device)
+                enc = EncoderOutput(None, None, c[None], torch.tensor([c.shape[0]], device=self.device))
+            budget = min(max_lengths[i], s.max_tokens) if s.max_tokens is not None else max_lengths[i]
+            results.extend(beam_search(
+                self.decoder, enc, [[]], [budget], eos_id, blank_id, beam_size=s.beam_size,
+                ctc_weight=s.ctc_weight if enc is not None else 0.0, length_penalty=s.length_penalty,
+                start=(logits[i : i + 1], state),
+            ))  # fmt: skip
+        return results
+
+
+def max_decode_length(frames_total: int, config) -> int:
+    """The offline generation budget for an utterance of `frames_total` encoder frames."""
+    from mambaserve.training.search import max_decode_lengths
+
+    f = config.features
+    frame_seconds = f.hop_length * config.encoder.subsampling / f.sample_rate
+    d = config.decoding
+    return max_decode_lengths(torch.tensor([frames_total]), frame_seconds, d.max_tokens_per_second, d.min_tokens)[0]
