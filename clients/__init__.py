@@ -17,6 +17,11 @@ _EXPORTS = {
     "ASRError": "mambaserve.clients.request",
     "ServerError": "mambaserve.clients.request",
     "ServerUnavailableError": "mambaserve.clients.request",
+    "StreamingClient": "mambaserve.clients.streaming",
+    "ChunkResult": "mambaserve.clients.streaming",
+    "SessionClient": "mambaserve.clients.session",
+    "Session": "mambaserve.clients.session",
+    "Generation": "mambaserve.clients.session",
 }
 
 __all__ = sorted(_EXPORTS)
