@@ -42,12 +42,12 @@ from mambaserve.build.backends.metrics import (
 from mambaserve.build.backends.slot_pool import SequenceError, SlotPool
 from mambaserve.build.backends.stateful import (
     PoolMetrics,
+    distinct_rounds,
     idle_timeout_s,
     int_parameter,
     parse_sampling,
     sequence_of,
 )
-from mambaserve.build.backends.streaming_encoder import distinct_rounds
 
 FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
 

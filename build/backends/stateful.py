@@ -114,6 +114,25 @@ def validate_chunk(audio: np.ndarray | None, *, max_samples: int, sample_rate: i
     return samples
 
 
+def distinct_rounds(slots: list[int]) -> list[list[int]]:
+    """Positions grouped so that no slot repeats within a group, order kept per slot (the batcher
+    never puts two requests of one sequence in a batch; this keeps us exact even if it did)."""
+    rounds: list[list[int]] = []
+    seen: list[set[int]] = []
+    last_round: dict[int, int] = {}
+    for pos, slot in enumerate(slots):
+        r = last_round.get(slot, -1) + 1
+        while r < len(rounds) and slot in seen[r]:
+            r += 1
+        if r == len(rounds):
+            rounds.append([])
+            seen.append(set())
+        rounds[r].append(pos)
+        seen[r].add(slot)
+        last_round[slot] = r
+    return rounds
+
+
 class PoolMetrics:
     """Keeps a model's slot gauges and reaped/rejected counters in step with its SlotPool.
 

@@ -23,8 +23,13 @@ from mambaserve.build.backends.common import (
 )
 from mambaserve.build.backends.metrics import INTERNAL, STATEFUL_REJECTION_REASONS, Metrics
 from mambaserve.build.backends.slot_pool import SequenceError, SlotPool
-from mambaserve.build.backends.stateful import PoolMetrics, idle_timeout_s, int_parameter, sequence_of
-from mambaserve.build.backends.streaming_encoder import distinct_rounds
+from mambaserve.build.backends.stateful import (
+    PoolMetrics,
+    distinct_rounds,
+    idle_timeout_s,
+    int_parameter,
+    sequence_of,
+)
 
 _INPUTS = (spec.PREFIX, spec.PREFIX_LENGTHS, spec.CTC_LOGPROBS, spec.CTC_LENGTHS, spec.PARTIAL, spec.ENCODER_FRAMES)
 

@@ -17,30 +17,12 @@ from mambaserve.build.backends.metrics import INTERNAL, STATEFUL_REJECTION_REASO
 from mambaserve.build.backends.slot_pool import SequenceError, SlotPool
 from mambaserve.build.backends.stateful import (
     PoolMetrics,
+    distinct_rounds,
     idle_timeout_s,
     int_parameter,
     sequence_of,
     validate_chunk,
 )
-
-
-def distinct_rounds(slots: list[int]) -> list[list[int]]:
-    """Positions grouped so that no slot repeats within a group, order kept per slot (the batcher
-    never puts two requests of one sequence in a batch; this keeps us exact even if it did)."""
-    rounds: list[list[int]] = []
-    seen: list[set[int]] = []
-    last_round: dict[int, int] = {}
-    for pos, slot in enumerate(slots):
-        r = last_round.get(slot, -1) + 1
-        while r < len(rounds) and slot in seen[r]:
-            r += 1
-        if r == len(rounds):
-            rounds.append([])
-            seen.append(set())
-        rounds[r].append(pos)
-        seen[r].add(slot)
-        last_round[slot] = r
-    return rounds
 
 
 class TritonPythonModel:
