@@ -84,3 +84,169 @@ def test_masked_encoder_batch_continues_each_row_from_its_state(model: SpeechMam
             assert rel_err(frames[i, :n], ref[0]) < 1e-10
             assert rel_err(new.ssm[:, i], ref_state.ssm[:, 0]) < 1e-10
             assert rel_err(new.conv[:, i], ref_state.conv[:, 0]) < 1e-10
+
+
+# ---------------------------------------------------------------------------------------------
+# The streaming engine (build/backends/streaming_engine.py) against the offline Recognizer, on the
+# repository's checkpoint (tests/conftest.py): chunked == offline for any chunking.
+# ---------------------------------------------------------------------------------------------
+CHUNKS = (5120, 10240, 2731, 399)  # 320 ms, 640 ms, odd, shorter than one analysis window
+
+
+@pytest.fixture(scope="module")
+def offline(recognizer, speech_clips):
+    from mambaserve.training.ctc import ctc_greedy
+
+    clips = [audio for _, audio in speech_clips[:3]]
+    feats, lengths = recognizer.features(clips)
+    enc = recognizer.encode(feats, lengths)
+    return clips, enc, ctc_greedy(enc.ctc_logprobs, enc.ctc_lengths)
+
+
+def _stream(streams, slots, clips, chunk):
+    """Feed clips in chunks, every sequence in the same batch; per clip: results of every call."""
+    pos = [0] * len(clips)
+    out = [[] for _ in clips]
+    while any(p < len(c) or p == 0 for p, c in zip(pos, clips)):
+        active = [i for i in range(len(clips)) if pos[i] < len(clips[i]) or pos[i] == 0]
+        chunks = [clips[i][pos[i] : pos[i] + chunk] for i in active]
+        final = [pos[i] + chunk >= len(clips[i]) for i in active]
+        for i, r in zip(active, streams.process([slots[i] for i in active], chunks, final)):
+            out[i].append(r)
+            pos[i] += chunk
+    return out
+
+
+@pytest.mark.parametrize("chunk", CHUNKS)
+def test_chunked_encoder_stream_equals_offline(recognizer, offline, chunk):
+    from mambaserve.build.backends.streaming_engine import EncoderStreams
+
+    clips, enc, ctc_ids = offline
+    streams = EncoderStreams(recognizer.model, capacity=5)
+    slots = [4, 0, 2]
+    for s in slots:
+        streams.reset(s)
+    for i, results in enumerate(_stream(streams, slots, clips, chunk)):
+        prefix = torch.cat([r.prefix for r in results])
+        ctc = torch.cat([r.ctc_logprobs for r in results])
+        p, t = int(enc.prefix_lengths[i]), int(enc.ctc_lengths[i])
+        assert prefix.shape[0] == p and ctc.shape[0] == t and results[-1].frames_total == t
+        assert rel_err(prefix, enc.prefix[i, :p]) < 1e-5
+        assert rel_err(ctc, enc.ctc_logprobs[i, :t]) < 1e-5
+        assert results[-1].ids == ctc_ids[i]
+        # every partial path is the offline path of the frames seen so far (causal: never revised)
+        for r in results:
+            n = r.frames_total
+            from mambaserve.training.ctc import ctc_greedy
+
+            assert r.ids == ctc_greedy(enc.ctc_logprobs[i : i + 1, :n], torch.tensor([n]))[0]
+
+
+@pytest.fixture
+def one_torch_thread():
+    """As served (build option torch_threads=1): with more threads MKL splits a product's rows by
+    batch size, and a row's last bits then depend on the other rows."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_interleaved_sequences_equal_one_by_one_bitwise(recognizer, offline, one_torch_thread):
+    """A sequence's outputs do not depend on what else is in the batch: bit-identical."""
+    from mambaserve.build.backends.streaming_engine import EncoderStreams
+
+    clips, _, _ = offline
+    together = EncoderStreams(recognizer.model, capacity=3)
+    alone = EncoderStreams(recognizer.model, capacity=1)
+    for s in range(3):
+        together.reset(s)
+    batched = _stream(together, [0, 1, 2], clips, 3000)
+    for i, clip in enumerate(clips):
+        alone.reset(0)
+        single = _stream(alone, [0], [clip], 3000)[0]
+        assert len(single) == len(batched[i])
+        for a, b in zip(single, batched[i]):
+            assert torch.equal(a.prefix, b.prefix) and torch.equal(a.ctc_logprobs, b.ctc_logprobs)
+            assert a.ids == b.ids
+
+
+def _decoder_inputs(recognizer, offline):
+    _clips, enc, _ = offline
+    prompts = [None, "hello there", "serving state space models"]
+    return enc, [recognizer.validate_prompt(p) for p in prompts], prompts
+
+
+def test_streamed_decoder_final_equals_offline_greedy(recognizer, offline):
+    from mambaserve.build.backends.streaming_engine import DecoderPool, Sampling, max_decode_length
+    from mambaserve.training.search import max_decode_lengths
+    from mambaserve.training.tokenizer import BOS_ID
+
+    enc, prompt_ids, prompts = _decoder_inputs(recognizer, offline)
+    dec = recognizer.model.decoder
+    pool = DecoderPool(dec, capacity=6)
+    slots = [5, 1, 3]
+    pool.reset(slots)
+    for start in range(0, int(enc.prefix_lengths.max()), 3):  # the prefix arrives 3 vectors at a time
+        pool.feed(slots, [enc.prefix[i, start : min(start + 3, int(enc.prefix_lengths[i]))] for i in range(3)])
+    logits = pool.feed_tokens(slots, [[*p, BOS_ID] for p in prompt_ids])
+    with torch.no_grad():
+        ref_logits, _ = dec.prefill(enc.prefix, enc.prefix_lengths, prompt_ids)
+    assert rel_err(logits, ref_logits) < 1e-5
+    budgets = [max_decode_length(int(n), recognizer.config) for n in enc.ctc_lengths]
+    assert budgets == max_decode_lengths(enc.ctc_lengths, recognizer.frame_seconds,
+                                         recognizer.config.decoding.max_tokens_per_second,
+                                         recognizer.config.decoding.min_tokens)  # fmt: skip
+    ids = pool.generate(slots, logits, [Sampling()] * 3, budgets, recognizer.config.eos_id)
+    assert ids == recognizer.decode_ids(enc, prompts, method="greedy")
+
+
+def test_session_copies_generate_like_a_fresh_state(recognizer, offline):
+    """A kept state copied into working rows gives what a fresh prefill gives, for greedy, seeded
+    sampling and beam search; the kept state itself does not change."""
+    from mambaserve.build.backends.streaming_engine import DecoderPool, Sampling
+    from mambaserve.training.tokenizer import BOS_ID
+
+    enc, prompt_ids, _ = _decoder_inputs(recognizer, offline)
+    dec = recognizer.model.decoder
+    cfg = recognizer.config
+    sessions = DecoderPool(dec, capacity=4)
+    sessions.reset([2])
+    sessions.feed([2], [enc.prefix[0, : int(enc.prefix_lengths[0])]])
+    kept = sessions.state.select(torch.tensor([2])).clone()
+    work = DecoderPool(dec, capacity=3)
+    settings = [Sampling(), Sampling(method="sample", seed=11, temperature=0.8, top_k=40, min_tokens=5),
+                Sampling(method="sample", seed=11, temperature=0.8, top_k=40, min_tokens=5)]  # fmt: skip
+    budget = [12] * 3
+
+    def run(prompts):
+        sessions.copy_to([2, 2, 2], work, [0, 1, 2])
+        logits = work.feed_tokens([0, 1, 2], [[*p, BOS_ID] for p in prompts])
+        return work.generate([0, 1, 2], logits, settings, budget, cfg.eos_id)
+
+    first = run([prompt_ids[1]] * 3)
+    again = run([prompt_ids[1]] * 3)
+    assert first == again and first[1] == first[2] and len(first[1]) >= 5
+    assert torch.equal(sessions.state.ssm[:, 2:3], kept.ssm) and torch.equal(sessions.state.conv[:, 2:3], kept.conv)
+    # fresh: prefill of [prefix][prompt][BOS] in one go, then the offline greedy search
+    one = type(enc)(enc.prefix[:1], enc.prefix_lengths[:1], enc.ctc_logprobs[:1], enc.ctc_lengths[:1])
+    from mambaserve.training.search import beam_search, greedy_search
+
+    with torch.no_grad():
+        assert [first[0]] == greedy_search(dec, one, [prompt_ids[1]], [12], cfg.eos_id)
+        sessions.copy_to([2], work, [0])
+        logits = work.feed_tokens([0], [[*prompt_ids[1], BOS_ID]])
+        beam = work.beam([0], logits, [Sampling(method="beam", beam_size=3)], [12], cfg.eos_id, cfg.blank_id)
+        assert beam == beam_search(dec, one, [prompt_ids[1]], [12], cfg.eos_id, cfg.blank_id, beam_size=3)
+
+
+def test_state_per_sequence_has_a_fixed_size(recognizer):
+    from mambaserve.build.backends.streaming_engine import DecoderPool, EncoderStreams
+
+    c = recognizer.config
+    enc_bytes = EncoderStreams(recognizer.model, capacity=2).state_nbytes()
+    dec_bytes = DecoderPool(recognizer.model.decoder, capacity=2).state_nbytes()
+    assert enc_bytes == 4 * c.encoder.mamba.n_layers * c.encoder.mamba.d_inner * (c.encoder.mamba.d_conv - 1 + c.encoder.mamba.d_state)
+    assert dec_bytes == 4 * c.decoder.mamba.n_layers * c.decoder.mamba.d_inner * (c.decoder.mamba.d_conv - 1 + c.decoder.mamba.d_state)
+    half = DecoderPool(recognizer.model.decoder, capacity=2, dtype=torch.float16).state_nbytes()
+    assert half * 2 == dec_bytes

@@ -13,7 +13,10 @@ slot (see slot_pool.py for the correlation ID -> slot map):
   updates the pool rows through the kernels' ``state_batch_indices`` (``MambaStack.step(slots=)``).
 
 Batches mix sequences at different points with different chunk lengths: every call right-pads and
-masks, so a row's result does not depend on what else is in the batch.
+masks, so a row's result does not depend on what else is in the batch -- bit for bit: CPU matrix
+products give a row the same bits whatever the other rows, except that fewer than MIN_ROWS rows take
+another code path (gemv), so every product here gets at least MIN_ROWS rows (zero rows added, their
+outputs dropped; decode steps add pad slots that the kernels skip).
 """
 
 from __future__ import annotations
@@ -29,6 +32,9 @@ from mambaserve.training.mamba import MambaState
 from torch import Tensor
 
 GREEDY, BEAM, SAMPLE = "greedy", "beam", "sample"
+MIN_ROWS = 4
+"""Fewest rows any matrix product gets (see the module docstring)."""
+PAD_SLOT = -1
 METHODS = (GREEDY, BEAM, SAMPLE)
 
 
@@ -41,12 +47,42 @@ def _index(slots: Sequence[int], device) -> Tensor:
     return torch.as_tensor(list(slots), dtype=torch.long, device=device)
 
 
+def _at_least(x: Tensor, rows: int = MIN_ROWS) -> Tensor:
+    """x [n, ...] with zero rows appended up to `rows` (callers keep the first n outputs)."""
+    if x.shape[0] >= rows:
+        return x
+    return torch.cat([x, x.new_zeros(rows - x.shape[0], *x.shape[1:])])
+
+
+def _gather(state: MambaState, index: Tensor, rows: int) -> MambaState:
+    """Rows `index` of a pool as a float32 batch of `rows` rows (extra rows are zero states)."""
+    conv, ssm = state.conv[:, index].float(), state.ssm[:, index].float()
+    extra = rows - index.shape[0]
+    if extra > 0:
+        conv = torch.cat([conv, conv.new_zeros(conv.shape[0], extra, *conv.shape[2:])], 1)
+        ssm = torch.cat([ssm, ssm.new_zeros(ssm.shape[0], extra, *ssm.shape[2:])], 1)
+    return MambaState(conv, ssm)
+
+
+def _scatter(pool: MambaState, index: Tensor, state: MambaState) -> None:
+    n = index.shape[0]
+    pool.conv[:, index] = state.conv[:, :n].to(pool.conv.dtype)
+    pool.ssm[:, index] = state.ssm[:, :n].to(pool.ssm.dtype)
+
+
+def _extra_rows(batch: int, length: int) -> int:
+    """Zero rows to add so that a [batch, length, ...] product has at least MIN_ROWS rows."""
+    return max(0, -(-MIN_ROWS // max(1, length)) - batch)
+
+
 def _right_pad(rows: Sequence[Tensor], width: int | None = None) -> tuple[Tensor, Tensor]:
-    """[L_i, ...] rows -> [B, L, ...] zero right padding and a mask [B, L] (1 = real)."""
+    """[L_i, ...] rows -> [B', L, ...] zero right padding and a mask [B', L] (1 = real); B' >= B rows
+    so that B' * L >= MIN_ROWS (the extra rows are all padding)."""
     longest = width if width is not None else max(r.shape[0] for r in rows)
     first = rows[0]
-    out = first.new_zeros((len(rows), longest, *first.shape[1:]))
-    mask = first.new_zeros((len(rows), longest), dtype=torch.float32)
+    batch = len(rows) + _extra_rows(len(rows), longest)
+    out = first.new_zeros((batch, longest, *first.shape[1:]))
+    mask = first.new_zeros((batch, longest), dtype=torch.float32)
     for i, r in enumerate(rows):
         out[i, : r.shape[0]] = r
         mask[i, : r.shape[0]] = 1
@@ -131,7 +167,7 @@ class EncoderStreams:
         rows = [i for i in range(n) if n_new[i]]
         if rows:
             longest = max(len(audio[i]) for i in rows)
-            batch = torch.zeros(len(rows), longest)
+            batch = torch.zeros(len(rows) + _extra_rows(len(rows), num_frames(longest, fc)), longest)
             for j, i in enumerate(rows):
                 batch[j, : len(audio[i])] = torch.from_numpy(audio[i])
             mel = (extractor.log_mel(batch.to(self.device)) - extractor.mean) / extractor.std
@@ -153,13 +189,16 @@ class EncoderStreams:
         rows = [i for i in range(n) if n_out[i]]
         if rows:
             index = _index([slots[i] for i in rows], self.device)
-            feats, _ = _right_pad([stacks[i] for i in rows])
-            mask = (torch.arange(feats.shape[1] // s, device=self.device)[None, :]
-                    < torch.tensor([n_out[i] for i in rows], device=self.device)[:, None]).float()  # fmt: skip
-            state = MambaState(self.state.conv[:, index], self.state.ssm[:, index])
+            longest = max(n_out[i] for i in rows)
+            width = len(rows) + _extra_rows(len(rows), longest)
+            feats = torch.zeros(width, longest * s, self.n_mels, device=self.device)
+            mask = torch.zeros(width, longest, device=self.device)
+            for j, i in enumerate(rows):
+                feats[j, : n_out[i] * s] = stacks[i]
+                mask[j, : n_out[i]] = 1
+            state = _gather(self.state, index, width)
             frames, _, state = self.model.encoder(feats, mask.sum(1).long() * s, state, mask=mask)
-            self.state.conv[:, index] = state.conv.to(self.state.conv.dtype)
-            self.state.ssm[:, index] = state.ssm.to(self.state.ssm.dtype)
+            _scatter(self.state, index, state)
             for j, i in enumerate(rows):
                 new_frames[i] = frames[j, : n_out[i]]
 
@@ -167,7 +206,7 @@ class EncoderStreams:
         ctc = [torch.zeros(0, self.model.ctc_head.out_features, device=self.device)] * n
         if rows:
             flat = torch.cat([new_frames[i] for i in rows])
-            logprobs = F.log_softmax(self.model.ctc_head(flat).float(), dim=-1)
+            logprobs = F.log_softmax(self.model.ctc_head(_at_least(flat)).float(), dim=-1)[: flat.shape[0]]
             best = logprobs.argmax(-1).tolist()
             offset = 0
             for i in rows:
@@ -211,7 +250,7 @@ class EncoderStreams:
             st.frames = frames[k * self.stride :]
             counts.append(k)
         if sum(counts):
-            flat = torch.cat(pieces)[None]
+            flat = _at_least(torch.cat(pieces), MIN_ROWS * self.stride)[None]
             prefix, _ = self.model.bridge(flat, torch.tensor([flat.shape[1]], device=self.device))
             offset = 0
             for i, k in enumerate(counts):
@@ -274,12 +313,11 @@ class DecoderPool:
             return None
         index = _index([slots[i] for i in rows], self.device)
         x, mask = _right_pad([inputs[i].to(self.device, torch.float32) for i in rows])
-        state = MambaState(self.state.conv[:, index].float(), self.state.ssm[:, index].float())
-        hidden, state = self.decoder.mamba(x, state, mask=mask)
-        self.state.conv[:, index] = state.conv.to(self.state.conv.dtype)
-        self.state.ssm[:, index] = state.ssm.to(self.state.ssm.dtype)
-        last = mask.sum(1).long() - 1
-        logits_rows = self.decoder.head(hidden[torch.arange(len(rows), device=self.device), last])
+        hidden, state = self.decoder.mamba(x, _gather(self.state, index, x.shape[0]), mask=mask)
+        _scatter(self.state, index, state)
+        last = (mask.sum(1).long() - 1).clamp_min(0)
+        ends = hidden[torch.arange(x.shape[0], device=self.device), last]
+        logits_rows = self.decoder.head(_at_least(ends))[: len(rows)]
         logits = logits_rows.new_zeros(len(inputs), logits_rows.shape[-1])
         logits[torch.tensor(rows, device=self.device)] = logits_rows
         return logits
@@ -322,10 +360,11 @@ class DecoderPool:
             if not keep:
                 break
             active = [active[j] for j in keep]
-            index = _index([slots[r] for r in active], self.device)
-            token_t = torch.tensor([out[r][-1] for r in active], dtype=torch.long, device=self.device)
+            pads = [PAD_SLOT] * max(0, MIN_ROWS - len(active))  # pad slots: the kernels skip them
+            index = _index([slots[r] for r in active] + pads, self.device)
+            token_t = torch.tensor([out[r][-1] for r in active] + [0] * len(pads), dtype=torch.long, device=self.device)
             x = self.decoder.embed(token_t)
-            logits = self.decoder.head(self.decoder.mamba.step(x, self.state, index))
+            logits = self.decoder.head(self.decoder.mamba.step(x, self.state, index))[: len(active)]
         return out
 
     @staticmethod
