@@ -9,6 +9,8 @@ from mambaserve.build import spec
 from mambaserve.build.errors import BuildError
 
 MODELS = (spec.FEATURE_EXTRACTOR, spec.ENCODER, spec.DECODER)
+STREAMING_MODELS = (spec.STREAMING_ENCODER, spec.STREAMING_DECODER)
+"""Also accepted as MODEL=N (each instance holds its own slot pool; Triton keeps a sequence on one)."""
 
 
 def _instances(values: list[str]) -> dict[str, int]:
@@ -22,8 +24,10 @@ def _instances(values: list[str]) -> dict[str, int]:
             raise argparse.ArgumentTypeError(f"--instances {value!r}: expected N or MODEL=N") from None
         if n < 1:
             raise argparse.ArgumentTypeError(f"--instances {value!r}: the count must be >= 1")
-        if name and name not in MODELS:
-            raise argparse.ArgumentTypeError(f"--instances {value!r}: unknown model {name!r} (one of {MODELS})")
+        if name and name not in MODELS + STREAMING_MODELS:
+            raise argparse.ArgumentTypeError(
+                f"--instances {value!r}: unknown model {name!r} (one of {MODELS + STREAMING_MODELS})"
+            )
         for model in [name] if name else MODELS:
             counts[model] = n
     return counts
@@ -45,6 +49,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--decoding-method", choices=["greedy", "beam"], default=None, help="default: the checkpoint's")
     parser.add_argument("--max-queue-delay-us", type=int, default=spec.MAX_QUEUE_DELAY_MICROSECONDS)
     parser.add_argument("--no-verify-load", action="store_true", help="skip loading the result in a real tritonserver")
+    parser.add_argument("--stream-slots", type=int, default=spec.STREAM_SLOTS,
+                        help="concurrent asr_streaming sequences per streaming instance (default: %(default)s)")
+    parser.add_argument("--stream-idle-s", type=float, default=spec.STREAM_IDLE_SECONDS,
+                        help="free an asr_streaming sequence idle this long (default: %(default)s)")
+    parser.add_argument("--session-slots", type=int, default=spec.SESSION_SLOTS,
+                        help="concurrent decoder sessions (default: %(default)s)")
+    parser.add_argument("--session-idle-s", type=float, default=spec.SESSION_IDLE_SECONDS,
+                        help="close a decoder session idle this long (default: %(default)s)")
+    parser.add_argument("--session-state-dtype", choices=["float32", "float16", "bfloat16"], default="float32",
+                        help="storage of kept session states (float16/bfloat16 halve it; default: %(default)s, exact)")
     args = parser.parse_args(argv)
     try:
         instances = _instances(args.instances)
@@ -53,17 +67,25 @@ def main(argv: list[str] | None = None) -> int:
 
     from mambaserve.build.repository import BuildOptions, build_repository
 
-    options = BuildOptions(
-        tensorrt=args.tensorrt,
-        fp16=args.fp16,
-        gpu=args.gpu,
-        instances=instances,
-        ort_threads=args.ort_threads,
-        torch_threads=args.torch_threads,
-        decoding_method=args.decoding_method,
-        max_queue_delay_us=args.max_queue_delay_us,
-        verify_load=not args.no_verify_load,
-    )
+    try:
+        options = BuildOptions(
+            tensorrt=args.tensorrt,
+            fp16=args.fp16,
+            gpu=args.gpu,
+            instances=instances,
+            ort_threads=args.ort_threads,
+            torch_threads=args.torch_threads,
+            decoding_method=args.decoding_method,
+            max_queue_delay_us=args.max_queue_delay_us,
+            verify_load=not args.no_verify_load,
+            stream_slots=args.stream_slots,
+            stream_idle_s=args.stream_idle_s,
+            session_slots=args.session_slots,
+            session_idle_s=args.session_idle_s,
+            session_state_dtype=args.session_state_dtype,
+        )
+    except ValueError as e:  # a bad option value, named by BuildOptions
+        parser.error(str(e))
     try:
         build_repository(args.checkpoint, args.out, options, log=lambda s: print(s, flush=True))
     except BuildError as e:

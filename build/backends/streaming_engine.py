@@ -39,8 +39,13 @@ METHODS = (GREEDY, BEAM, SAMPLE)
 
 
 def _pool(config, capacity: int, device, dtype=torch.float32) -> MambaState:
-    state = MambaState.zeros(config, capacity, device=device)
-    return MambaState(state.conv.to(dtype), state.ssm.to(dtype))
+    """Uninitialised on purpose: rows are zeroed when a sequence starts, so a large pool costs address
+    space only, and memory becomes resident as sequences touch their rows."""
+    layers, d, k, n = config.n_layers, config.d_inner, config.d_conv - 1, config.d_state
+    return MambaState(
+        torch.empty(layers, capacity, d, k, device=device, dtype=dtype),
+        torch.empty(layers, capacity, d, n, device=device, dtype=dtype),
+    )
 
 
 def _index(slots: Sequence[int], device) -> Tensor:
