@@ -15,6 +15,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -121,10 +122,37 @@ def run_locust(*, users: int, duration: str, spawn_rate: float | None = None, ht
     if expect:
         cmd += ["--expect", str(expect)]
     cmd += list(extra)
-    proc = subprocess.run(cmd, capture_output=not echo, text=True)
-    if not Path(f"{prefix}_requests.json").exists():
-        raise RuntimeError(f"locust wrote no statistics (exit {proc.returncode}):\n{(proc.stderr or '')[-3000:]}")
-    return summarize(prefix, users, proc.returncode)
+    log = Path(f"{prefix}_requests.json")
+    if log.exists():
+        log.unlink()
+    with tempfile.TemporaryFile("w+") as out:
+        proc = subprocess.Popen(cmd, stdout=None if echo else out, stderr=subprocess.STDOUT, text=True)
+        code = _wait(proc, log)
+        out.seek(0)
+        output = out.read()
+    if not log.exists():
+        raise RuntimeError(f"locust wrote no statistics (exit {code}):\n{output[-3000:]}")
+    return summarize(prefix, users, code)
+
+
+def _wait(proc: subprocess.Popen, log: Path, grace: float = 20.0) -> int:
+    """Wait for locust; kill it if it hangs after writing its results (returns -9 then).
+
+    A safety net: a gevent-patched grpc channel closed during interpreter shutdown can block forever
+    (users.base.close_now avoids it); the results are complete once the log is written.
+    """
+    written_at = None
+    while True:
+        try:
+            return proc.wait(timeout=1.0)
+        except subprocess.TimeoutExpired:
+            pass
+        if log.exists():
+            written_at = written_at or time.monotonic()
+            if time.monotonic() - written_at > grace:
+                proc.kill()
+                proc.wait()
+                return -9
 
 
 def format_table(result: LoadResult) -> str:
@@ -162,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     print(format_table(result))
     print(json.dumps(result.to_json()))
-    return 0 if result.failures == 0 and result.exit_code == 0 else 1
+    return 0 if result.failures == 0 and result.exit_code in (0, -9) else 1
 
 
 if __name__ == "__main__":

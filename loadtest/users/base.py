@@ -32,6 +32,19 @@ def init_gevent_grpc() -> None:
 init_gevent_grpc()
 
 
+def close_now(user, attr: str = "_client") -> None:
+    """Close a user's tritonclient while gevent still runs, and drop it.
+
+    tritonclient's __del__ closes the connection again; left to interpreter shutdown (gevent hub
+    gone) a gevent-patched grpc channel close blocks forever and the locust process never exits.
+    """
+    client = getattr(user, attr, None)
+    if client is not None:
+        setattr(user, attr, None)
+        client.close()
+        del client  # the last reference: __del__'s second close() runs now, not at exit
+
+
 class WrongAnswer(AssertionError):
     """A transcript differed from the single-request reference of the same clip (--expect)."""
 

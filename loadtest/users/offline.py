@@ -10,7 +10,7 @@ from __future__ import annotations
 from locust import task
 from mambaserve.build import spec
 from mambaserve.clients.request import build_request, parse_response
-from mambaserve.loadtest.users.base import SETTINGS, TritonUser
+from mambaserve.loadtest.users.base import SETTINGS, TritonUser, close_now
 
 
 class HttpAsrUser(TritonUser):
@@ -27,7 +27,7 @@ class HttpAsrUser(TritonUser):
             SETTINGS.http_url, connection_timeout=SETTINGS.timeout, network_timeout=SETTINGS.timeout)
 
     def on_stop(self) -> None:
-        self._client.close()
+        close_now(self)
 
     def call(self, clip) -> str:
         inputs, outputs = build_request(self._module, clip.audio, clip.prompt)
@@ -52,7 +52,7 @@ class GrpcAsrUser(TritonUser):
         self._client = module.InferenceServerClient(SETTINGS.grpc_url)
 
     def on_stop(self) -> None:
-        self._client.close()
+        close_now(self)
 
     def call(self, clip) -> str:
         inputs, outputs = build_request(self._module, clip.audio, clip.prompt)
