@@ -67,6 +67,7 @@ serve: venv
 	$(PY) -m mambaserve.build.server --repository $(REPO)
 
 bench: venv system-deps
+	$(PY) -m mambaserve.loadtest.streaming_bench
 	$(PY) -m mambaserve.loadtest.report
 
 bench-kernels: venv

@@ -26,8 +26,9 @@ from locust import events
 from mambaserve.loadtest.clips import default_manifest, load_clips
 from mambaserve.loadtest.mix import parse_mix
 from mambaserve.loadtest.users.offline import GrpcAsrUser, HttpAsrUser
+from mambaserve.loadtest.users.streaming import GrpcSessionUser, GrpcStreamingUser
 
-USERS: tuple[type[TritonUser], ...] = (HttpAsrUser, GrpcAsrUser)
+USERS: tuple[type[TritonUser], ...] = (HttpAsrUser, GrpcAsrUser, GrpcStreamingUser, GrpcSessionUser)
 """Every user kind; new kinds (streaming, sessions) are added here."""
 DEFAULT_MIX = "http_asr=1,grpc_asr=1"
 
