@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import os
 import random
 import statistics
 import sys
@@ -87,6 +88,11 @@ def chunk_latency(grpc_url: str, http_url: str | None, clips: list[np.ndarray], 
         "partial": {"p50_ms": _pct(partial, 50), "p99_ms": _pct(partial, 99)},
         "final": {"p50_ms": _pct(final, 50), "p99_ms": _pct(final, 99)},
         "avg_batch": {m: profile.get(m, {}).get("avg_batch") for m in (spec.STREAMING_ENCODER, spec.STREAMING_DECODER)},
+        "compute_ms_per_execution": {m: profile.get(m, {}).get("compute_ms_per_execution")
+                                     for m in (spec.STREAMING_ENCODER, spec.STREAMING_DECODER)},
+        "queue_ms_per_request": {m: profile.get(m, {}).get("queue_ms_per_request")
+                                 for m in (spec.STREAMING_ENCODER, spec.STREAMING_DECODER)},
+        "host_load": list(os.getloadavg()),
     }
 
 
@@ -232,13 +238,19 @@ def _write(key: str, title: str, markdown: str, data: dict) -> None:
 
 def latency_markdown(rows: list[dict], random_model: bool) -> str:
     lines = ["| chunk ms | streams | chunks | utterances | p50 ms | p95 ms | p99 ms | partial p99 ms | final p50 / p99 ms | "
-             "avg batch enc / dec | errors |", "|---:|---:|---:|---:|---:|---:|---:|---:|---|---|---:|"]
+             "avg batch enc / dec | compute ms/exec enc / dec | queue ms enc / dec | errors | host load |",
+             "|---:|---:|---:|---:|---:|---:|---:|---:|---|---|---|---|---:|---:|"]
     for r in rows:
-        b = r["avg_batch"]
-        batch = " / ".join("–" if b.get(m) is None else f"{b[m]:.2f}" for m in (spec.STREAMING_ENCODER, spec.STREAMING_DECODER))
+        def pair(values: dict, digits: int = 2) -> str:
+            return " / ".join("–" if values.get(m) is None else f"{values[m]:.{digits}f}"
+                              for m in (spec.STREAMING_ENCODER, spec.STREAMING_DECODER))
+
+        batch = pair(r["avg_batch"])
+        compute, queue = pair(r.get("compute_ms_per_execution", {}), 1), pair(r.get("queue_ms_per_request", {}), 1)
+        load = f"{r['host_load'][0]:.1f}" if r.get("host_load") else "–"
         lines.append(f"| {r['chunk_ms']:.0f} | {r['streams']} | {r['chunks']} | {r['utterances']} | {r['all']['p50_ms']:.1f} | "
                      f"{r['all']['p95_ms']:.1f} | {r['all']['p99_ms']:.1f} | {r['partial']['p99_ms']:.1f} | "
-                     f"{r['final']['p50_ms']:.1f} / {r['final']['p99_ms']:.1f} | {batch} | {r['errors']} |")
+                     f"{r['final']['p50_ms']:.1f} / {r['final']['p99_ms']:.1f} | {batch} | {compute} | {queue} | {r['errors']} | {load} |")
     at32 = {r["chunk_ms"]: r["all"]["p99_ms"] for r in rows if r["streams"] == max(LEVELS)}
     verdict = "; ".join(f"{ms:.0f} ms chunks: {p99:.1f} ms ({'met' if p99 <= GOALS['chunk_p99_ms_at_32'] else 'not met'})"
                         for ms, p99 in at32.items())
@@ -247,7 +259,9 @@ def latency_markdown(rows: list[dict], random_model: bool) -> str:
     return ("Live streams: each stream sends real-speech clips back to back in fixed-size chunks "
             "at real-time pace over one gRPC bidirectional stream (`StreamingClient`, speed 1.0); latency = send "
             "of a chunk to its answer (partial transcript; the last chunk of an utterance also runs the final "
-            "decode). 'avg batch' = requests per execution of the two sequence-batched steps (Triton statistics)."
+            "decode). 'avg batch', 'compute ms/exec' (one execution of a whole batch) and 'queue ms' (per request) "
+            "are Triton's statistics for the two sequence-batched steps; 'host load' = 1-minute load average of "
+            "this shared 2-core machine at the end of the level."
             f"{note}\n\n" + "\n".join(lines) +
             f"\n\n**Goal: p99 ≤ {GOALS['chunk_p99_ms_at_32']:.0f} ms at {max(LEVELS)} streams — {verdict}.**")
 

@@ -37,7 +37,7 @@ def test_streaming_benchmark_sections_render(tmp_path):
            "all": {"p50_ms": 10.0, "p95_ms": 20.0, "p99_ms": 70.0}, "partial": {"p50_ms": 9.0, "p99_ms": 30.0},
            "final": {"p50_ms": 40.0, "p99_ms": 70.0}, "avg_batch": {spec.STREAMING_ENCODER: 1.5, spec.STREAMING_DECODER: None}}
     text = sb.latency_markdown([row], random_model=False)
-    assert "| 320 | 32 | 10 | 2 | 10.0 | 20.0 | 70.0 | 30.0 | 40.0 / 70.0 | 1.50 / – | 0 |" in text
+    assert "| 320 | 32 | 10 | 2 | 10.0 | 20.0 | 70.0 | 30.0 | 40.0 / 70.0 | 1.50 / – | – / – | – / – | 0 | – |" in text
     assert "320 ms chunks: 70.0 ms (not met)" in text
     served = {64: {"history": 64, "ms_per_token": 2.0, "mean_ms": 2.1}, 4096: {"history": 4100, "ms_per_token": 2.02, "mean_ms": 2.2}}
     assert "Ratio 4096 ÷ 64 (served) = 1.010** (goal ≤ 1.05: met)" in sb.history_markdown(served, None)
