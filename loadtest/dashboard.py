@@ -117,9 +117,15 @@ ROWS: tuple[RowSpec, ...] = (
     RowSpec(500, "Streaming", (
         PanelSpec(15, "Streaming slot occupancy", (
             Target(f"model:mambaserve_slots:occupancy_ratio{{{_M}}}", "{{model}}"),),
-                  unit="percentunit", requires="streaming", width=24,
+                  unit="percentunit", requires="streaming", width=12,
                   description="Slots in use ÷ capacity (mambaserve_slots_in_use / mambaserve_slots_capacity); "
                               "empty until the streaming models are deployed."),
+        PanelSpec(21, "Streaming sequences reaped / refused", (
+            Target(f"model:mambaserve_sequences_reaped:rate1m{{{_M}}}", "{{model}} reaped (idle, no END)"),
+            Target(f"model_reason:mambaserve_sequences_rejected:rate1m{{{_M}}}", "{{model}} refused: {{reason}}"),),
+                  unit="short", requires="streaming", width=12,
+                  description="Per second: sequences/sessions freed after going idle without END, and new ones "
+                              "refused (pool_full: every slot in use)."),
     )),
     RowSpec(600, "Host", (
         PanelSpec(16, "CPU utilisation", (Target("nv_cpu_utilization", "{{instance}}"),), unit="percentunit"),
