@@ -83,7 +83,7 @@ class TritonPythonModel:
         d = self.config.decoder.mamba.d_model
         self.pool_rows.reset([0])
         self.pool_rows.feed([0], [torch.zeros(8, d, device=self.device)])
-        self._finish([0], [16])
+        self._finish([0], [16], count=False)
         self.pool_rows.reset([0])
 
     def _error(self, message: str):
@@ -176,7 +176,7 @@ class TritonPythonModel:
                 self.pool.end(seq.key)
         return responses
 
-    def _finish(self, slots: list[int], frames: list[int]) -> list[str]:
+    def _finish(self, slots: list[int], frames: list[int], count: bool = True) -> list[str]:
         """Feed [prompt][BOS] and decode, rows in place; the offline search's method and budget."""
         from mambaserve.build.backends.streaming_engine import BEAM, max_decode_length
         from mambaserve.training.tokenizer import BOS_ID
@@ -190,5 +190,6 @@ class TritonPythonModel:
             ids = self.pool_rows.beam(slots, logits, settings, budgets, config.eos_id, config.blank_id, ctc)
         else:
             ids = self.pool_rows.generate(slots, logits, settings, budgets, config.eos_id)
-        self.metrics.tokens(self.name, sum(len(r) for r in ids))
+        if count:
+            self.metrics.tokens(self.name, sum(len(r) for r in ids))
         return [self.recognizer.tokenizer.decode(r) for r in ids]
