@@ -413,23 +413,27 @@ class Trainer:
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
-        """Dev CER/WER with greedy decoding on the first ``eval_items`` dev utterances."""
+        """Dev WER/CER on the first ``eval_items`` dev utterances: decoder greedy and CTC greedy."""
         if not self.dev_items:
             return {}
+        from mambaserve.training.ctc import ctc_greedy
+        from mambaserve.training.dataset import load_audio
         from mambaserve.training.evaluate import score_transcripts
         from mambaserve.training.inference import Recognizer
 
         self.model.eval()
         rec = Recognizer(Checkpoint(self.model, self.tokenizer, self.model_config, self.out), self.device)
-        from mambaserve.training.dataset import load_audio
-
-        hyps, refs = [], []
+        hyps, ctc_hyps, refs = [], [], []
         for start in range(0, len(self.dev_items), 16):
             items = self.dev_items[start : start + 16]
-            hyps += rec.transcribe([load_audio(it["audio"]) for it in items], [it.get("prompt") for it in items])
+            feats, lengths = rec.features([load_audio(it["audio"]) for it in items])
+            enc = rec.encode(feats, lengths)
+            hyps += rec.decode(enc, [it.get("prompt") for it in items], method="greedy")
+            ctc_hyps += [self.tokenizer.decode(ids) for ids in ctc_greedy(enc.ctc_logprobs, enc.ctc_lengths)]
             refs += [it["text"] for it in items]
         self.model.train()
-        return score_transcripts(refs, hyps)
+        ctc = score_transcripts(refs, ctc_hyps)
+        return {**score_transcripts(refs, hyps), "ctc_wer": ctc["wer"], "ctc_cer": ctc["cer"]}
 
     # -- the loop ----------------------------------------------------------------------------------
     def fit(self) -> Path:
