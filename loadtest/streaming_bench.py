@@ -328,6 +328,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sessions", type=int, default=10_000, help="idle sessions for the memory measurement")
     p.add_argument("--manifest", default=None)
     p.add_argument("--only", default="", help="comma-separated: latency,history,memory")
+    p.add_argument("--levels", default=",".join(map(str, LEVELS)), help="concurrent streams, comma-separated")
+    p.add_argument("--chunk-ms", default=",".join(f"{c:g}" for c in CHUNK_MS), help="chunk lengths, comma-separated")
     p.add_argument("--quick", action="store_true", help="short levels, 1000 sessions")
     args = p.parse_args(argv)
     only = {s for s in args.only.split(",") if s} or {"latency", "history", "memory"}
@@ -354,8 +356,8 @@ def main(argv: list[str] | None = None) -> int:
         clips = _clips(args.manifest, 60)
         if "latency" in only:
             rows = []
-            for chunk_ms in CHUNK_MS:
-                for n in LEVELS:
+            for chunk_ms in [float(c) for c in args.chunk_ms.split(",")]:
+                for n in [int(x) for x in args.levels.split(",")]:
                     _log(f"chunk latency, {chunk_ms:.0f} ms chunks, {n} live streams, {seconds:.0f} s ...")
                     rows.append(chunk_latency(grpc_url, http_url, clips, n, seconds, chunk_ms))
                     _log(f"  p50 {rows[-1]['all']['p50_ms']:.1f} ms, p99 {rows[-1]['all']['p99_ms']:.1f} ms")
