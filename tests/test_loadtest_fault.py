@@ -70,7 +70,7 @@ def test_killed_stub_then_watchdog_recovers(model_repository, speech_clips, tmp_
 
     clips = [audio for _, audio in speech_clips[:3]]
     server = TritonServer(model_repository, http_port=free_port(), grpc_port=free_port(), metrics_port=free_port(),
-                          model_control_mode="explicit", load_models=[spec.ASR], log_path=tmp_path / "server.log",
+                          model_control_mode="explicit", load_models=["*"], log_path=tmp_path / "server.log",
                           startup_timeout=600)
     with server:
         stubs = live_stubs(server.pid)
