@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 from mambaserve.build import spec
+from mambaserve.build.backends.metrics import TOKENS
 from mambaserve.loadtest import procs, server_stats
 from mambaserve.loadtest.clips import Clip, clip_of_length, default_manifest, load_clips
 
@@ -54,11 +55,12 @@ class BenchContext:
     http_url: str
     grpc_url: str
     server_pid: int | None  # local server: CPU/RSS accounting possible
-    checkpoint: Path | None
-    random_checkpoint: bool
-    repository: Path | None
-    clips: list[Clip]
-    out: Path
+    metrics_url: str | None = None
+    checkpoint: Path | None = None
+    random_checkpoint: bool = False
+    repository: Path | None = None
+    clips: list[Clip] = field(default_factory=list)
+    out: Path = OUT
     duration_s: int = 20
     quick: bool = False
     results: dict = field(default_factory=dict)  # section key -> data, shared between sections
@@ -172,7 +174,20 @@ class Window:
     def __init__(self, ctx: BenchContext):
         self.ctx = ctx
 
+    def _tokens(self) -> float:
+        """mambaserve_tokens_generated_total of the offline decoder (0 without a metrics URL)."""
+        if not self.ctx.metrics_url:
+            return 0.0
+        import urllib.request
+
+        with urllib.request.urlopen(f"http://{self.ctx.metrics_url}/metrics", timeout=10) as resp:
+            for line in resp.read().decode().splitlines():
+                if line.startswith(f'{TOKENS}{{model="{spec.DECODER}"}}'):
+                    return float(line.rsplit(" ", 1)[1])
+        return 0.0
+
     def __enter__(self) -> Window:
+        self.tokens0 = self._tokens()
         self.stats0 = server_stats.snapshot(self.ctx.http_url)
         self.procs0 = procs.snapshot(self.ctx.server_pid) if self.ctx.server_pid else {}
         self.host0 = _host_cpu_seconds()
@@ -185,6 +200,7 @@ class Window:
         self.profile = server_stats.diff(self.stats0, server_stats.snapshot(self.ctx.http_url))
         after = procs.snapshot(self.ctx.server_pid) if self.ctx.server_pid else {}
         self.cpu = {k: after[k]["cpu_seconds"] - self.procs0.get(k, {}).get("cpu_seconds", 0.0) for k in after}
+        self.tokens = self._tokens() - self.tokens0
 
     def summary(self) -> dict:
         requests = self.profile.get(spec.ASR).requests if spec.ASR in self.profile else 0
@@ -193,7 +209,8 @@ class Window:
             "wall_s": round(self.wall, 2),
             "requests": requests,
             "profile": {k: v.to_json() for k, v in self.profile.items()},
-            "cpu_ms_per_request": {k: 1000 * v / requests for k, v in self.cpu.items()} if requests else {},
+            "cpu_ms_per_request": {k: 1000 * v / requests for k, v in self.cpu.items() if v > 0} if requests else {},
+            "decoder_tokens_per_request": self.tokens / requests if requests and self.ctx.metrics_url else None,
             "server_cpu_cores_used": ours / self.wall if self.wall else float("nan"),
             "other_cpu_cores_used": max(0.0, self.host - ours) / self.wall if self.wall else float("nan"),
         }
@@ -364,9 +381,20 @@ def batching_gain(ctx: BenchContext) -> Section:
     lines = ["| model | avg batch at c=16 | CPU ms/request at c=1 | CPU ms/request at c=16 |", "|---|---:|---:|---:|"]
     for m in PIPELINE[1:]:
         lines.append(f"| {m} | {_fmt(prof16.get(m, {}).get('avg_batch'), 2)} | {_fmt(cpu1.get(m))} | {_fmt(cpu16.get(m))} |")
+    why = ""
+    if cpu1 and cpu16:
+        cores1, cores16 = rows[1]["server"]["server_cpu_cores_used"], rows[16]["server"]["server_cpu_cores_used"]
+        per1, per16 = sum(cpu1.values()), sum(cpu16.values())
+        dedicated = (os.cpu_count() or 1) / cores1 * per1 / per16
+        why = (f"\n\nThroughput = CPU cores the server gets ÷ CPU per request, so the gain splits into "
+               f"**more cores** ({_fmt(cores16, 2)} ÷ {_fmt(cores1, 2)} = {cores16 / cores1:.2f}) × **cheaper requests "
+               f"thanks to batching** ({_fmt(per1)} ÷ {_fmt(per16)} ms = {per1 / per16:.2f}) = {cores16 / cores1 * per1 / per16:.2f}. "
+               f"At concurrency 1 the pipeline already keeps {_fmt(cores1, 2)} cores busy, and the server got only "
+               f"{_fmt(cores16, 2)} at 16 on this shared machine; with all {os.cpu_count()} cores to itself the same "
+               f"batching would give at most ≈ {dedicated:.1f}.")
     md = (f"Throughput at concurrency 16 ÷ at 1 = {rows[16]['rps']:.2f} ÷ {rows[1]['rps']:.2f} = **{gain:.2f}**.\n\n"
           + "\n".join(lines)
-          + "\n\nCPU ms/request: CPU time of the model's stub process(es) ÷ requests (needs a local server).")
+          + "\n\nCPU ms/request: CPU time of the model's stub process(es) ÷ requests (needs a local server)." + why)
     return Section(key, title, md, {"gain": gain})
 
 
@@ -402,7 +430,7 @@ def server_profile(ctx: BenchContext) -> Section:
     if not sweep:
         return Section(key, title, "*Not run:* needs the concurrency sweep.", status="not run")
     top = sweep[-1]
-    prof = {k: server_stats.ModelProfile(**v) for k, v in top["server"]["profile"].items()}
+    prof = {k: server_stats.ModelProfile(**v) for k, v in top["server"]["profile"].items() if v["requests"]}
     table = server_stats.markdown_table(prof, PIPELINE)
     cpu = top["server"]["cpu_ms_per_request"]
     text = []
@@ -416,6 +444,12 @@ def server_profile(ctx: BenchContext) -> Section:
             f"{m} {_fmt(v)} ms" for m, v in sorted(cpu.items(), key=lambda kv: -kv[1])) +
             f" — **{_fmt(total)} ms in all**, i.e. {per_audio_s:.3f} CPU-s per audio second. "
             f"The heaviest step is **{heaviest}** ({100 * models[heaviest] / total:.0f} %).")
+        tokens = top["server"].get("decoder_tokens_per_request")
+        if tokens:
+            text.append(f"The decoder generated {tokens:.1f} tokens per request ({tokens / _clip_seconds(ctx):.1f} per "
+                        "audio second" + (", the length budget of a randomly initialised model that never emits "
+                                          "end-of-sequence: a trained model stops earlier and decodes for less"
+                                          if ctx.random_checkpoint else "") + ").")
         text.append(f"Upper bound from CPU alone: {cores} cores ÷ {per_audio_s:.3f} = **RTFx ≈ {cores / per_audio_s:.0f}** "
                     f"if the whole machine served this model; during the run the server used "
                     f"{_fmt(top['server']['server_cpu_cores_used'], 2)} cores and the rest of the host "
@@ -545,6 +579,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--checkpoint", default=None, help="checkpoint (default: checkpoints/default, else a random one)")
     parser.add_argument("--http-url", default=None, help="use a running server (with --grpc-url) instead of starting one")
     parser.add_argument("--grpc-url", default=None)
+    parser.add_argument("--metrics-url", default=None, help="with --http-url: the server's metrics host:port")
     parser.add_argument("--manifest", default=None, help="clips (default: corpus test set, else the shipped samples)")
     parser.add_argument("--clips", type=int, default=100)
     parser.add_argument("--duration", type=int, default=20, help="seconds per concurrency level")
@@ -567,7 +602,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.http_url and args.grpc_url:
         repo, ckpt, random_ckpt = (Path(args.repository) if args.repository else None,
                                    Path(args.checkpoint) if args.checkpoint else None, False)
-        http_url, grpc_url, pid = args.http_url, args.grpc_url, None
+        http_url, grpc_url, pid, metrics_url = args.http_url, args.grpc_url, None, args.metrics_url
     else:
         from mambaserve.build.server import TritonServer, free_port
 
@@ -576,9 +611,9 @@ def main(argv: list[str] | None = None) -> int:
                               startup_timeout=600)
         log(f"starting tritonserver on {repo} ...")
         server.start()
-        http_url, grpc_url, pid = server.http_url, server.grpc_url, server.pid
+        http_url, grpc_url, pid, metrics_url = server.http_url, server.grpc_url, server.pid, server.metrics_url
     try:
-        ctx = BenchContext(http_url=http_url, grpc_url=grpc_url, server_pid=pid, checkpoint=ckpt,
+        ctx = BenchContext(http_url=http_url, grpc_url=grpc_url, server_pid=pid, metrics_url=metrics_url, checkpoint=ckpt,
                            random_checkpoint=random_ckpt, repository=repo, clips=clips, out=out,
                            duration_s=args.duration, quick=args.quick)
         build = sorted(repo.glob(f"{spec.ASR}/*/build.json")) if repo else []

@@ -54,6 +54,7 @@ def test_goals_and_external_sections(tmp_path, monkeypatch):
 def test_sections_against_the_real_server(triton_server, checkpoint_dir, tmp_path):
     ctx = report.BenchContext(
         http_url=triton_server.http_url, grpc_url=triton_server.grpc_url, server_pid=triton_server.pid,
+        metrics_url=triton_server.metrics_url,
         checkpoint=checkpoint_dir, random_checkpoint=False, repository=triton_server.repository,
         clips=load_clips(SAMPLES_MANIFEST, prompts=False), out=tmp_path, quick=True)
     served = report.served_vs_inprocess(ctx)
@@ -67,6 +68,7 @@ def test_sections_against_the_real_server(triton_server, checkpoint_dir, tmp_pat
     for model in (spec.FEATURE_EXTRACTOR, spec.ENCODER, spec.DECODER):
         assert prof["profile"][model]["requests"] == 21
         assert prof["cpu_ms_per_request"][model] > 0  # the stub processes were found and measured
+    assert prof["decoder_tokens_per_request"] is not None and prof["decoder_tokens_per_request"] >= 0
     assert report.batching_gain(ctx).status == "not run"  # needs the sweep
     text = report.render(ctx, [served, five], {
         "date": "d", "commit": "c", "machine": report._machine(), "load_before": "0", "load_after": "0",
