@@ -432,7 +432,7 @@ def server_profile(ctx: BenchContext) -> Section:
     top = sweep[-1]
     prof = {k: server_stats.ModelProfile(**v) for k, v in top["server"]["profile"].items() if v["requests"]}
     table = server_stats.markdown_table(prof, PIPELINE)
-    cpu = top["server"]["cpu_ms_per_request"]
+    cpu = {k: v for k, v in top["server"]["cpu_ms_per_request"].items() if k in prof or k == procs.SERVER}
     text = []
     if cpu:
         models = {m: cpu.get(m, 0.0) for m in PIPELINE[1:]}
