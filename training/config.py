@@ -50,11 +50,18 @@ class MambaConfig:
 
 @dataclass
 class EncoderConfig:
-    """Causal encoder: stack ``subsampling`` feature frames, project, then Mamba blocks."""
+    """Causal encoder: stack ``subsampling`` feature frames, project, then Mamba blocks.
+
+    ``frontend="conv"`` projects each stack with two small 2-D convolutions over (time within the
+    stack, frequency): weight sharing across frequency copes with pitch and voice shifts, and since
+    the kernels never cross a stack border, streaming needs no extra carried state.
+    """
 
     subsampling: int = 4
     mamba: MambaConfig = field(default_factory=MambaConfig)
     dropout: float = 0.1
+    frontend: str = "linear"  # "linear" | "conv": how one stack of frames becomes a vector
+    frontend_channels: int = 32
 
 
 @dataclass

@@ -67,7 +67,11 @@ def test_padding_does_not_change_features() -> None:
     assert float(f2[0, int(l1[0]) :].abs().max()) == 0.0
 
 
-def test_chunked_encoder_equals_full(model64: SpeechMamba) -> None:
+@pytest.mark.parametrize("frontend", ["linear", "conv"])
+def test_chunked_encoder_equals_full(tiny_model_config, frontend: str) -> None:
+    tiny_model_config.encoder.frontend = frontend
+    torch.manual_seed(0)
+    model64 = SpeechMamba(tiny_model_config).eval().double()
     feats = torch.randn(2, 88, 80, dtype=torch.float64)
     lengths = torch.tensor([88, 88])
     with torch.no_grad():
