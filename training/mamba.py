@@ -80,6 +80,7 @@ class MambaBlock(nn.Module):
         self.D = nn.Parameter(torch.ones(c.d_inner))
         self.out_proj = nn.Linear(c.d_inner, c.d_model, bias=False)
         self.dropout = nn.Dropout(dropout)
+        self._A_cache: tuple[tuple, Tensor] | None = None
         self._init_parameters()
 
     def _init_parameters(self) -> None:
@@ -92,6 +93,19 @@ class MambaBlock(nn.Module):
         dt = dt.clamp_min(1e-4)
         with torch.no_grad():
             self.dt_proj.bias.copy_(dt + torch.log(-torch.expm1(-dt)))
+
+    def _A(self) -> Tensor:
+        """A = -exp(A_log) in float32. A decode loop needs it once per token and layer (two ops, ~7 us
+        on a CPU, two kernel launches on a GPU), so outside autograd it is kept until A_log changes:
+        its version counter moves on every in-place update (optimizer step, load_state_dict), and a
+        move to another device or dtype changes its storage."""
+        p = self.A_log
+        if torch.is_grad_enabled() or torch.compiler.is_compiling() or torch.compiler.is_exporting():
+            return -torch.exp(p.float())
+        key = (p._version, p.data_ptr(), p.device, p.dtype)
+        if self._A_cache is None or self._A_cache[0] != key:
+            self._A_cache = (key, torch.exp(p.detach().float()).neg_())
+        return self._A_cache[1]
 
     def _ssm_inputs(self, xc: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Step size (before bias and softplus), B and C from the convolved input [..., d_inner]."""
@@ -117,7 +131,7 @@ class MambaBlock(nn.Module):
         if mask is not None and not torch.compiler.is_exporting():
             new_conv = _conv_state_at_ends(conv_state, xi, mask)
         dt, B, C = self._ssm_inputs(xc.transpose(1, 2))
-        A = -torch.exp(self.A_log.float())
+        A = self._A()
         delta = dt.transpose(1, 2)
         if mask is None:
             y, new_ssm = kernels.selective_scan(
@@ -145,7 +159,7 @@ class MambaBlock(nn.Module):
             xi, conv_state, self.conv_weight, self.conv_bias, activation="silu", conv_state_indices=slots
         )
         dt, B, C = self._ssm_inputs(xc)
-        A = -torch.exp(self.A_log.float())
+        A = self._A()
         y = kernels.selective_state_update(
             ssm_state, xc, dt, A, B, C, D=self.D.float(), z=z, dt_bias=self.dt_proj.bias.float(), dt_softplus=True,
             state_batch_indices=slots,

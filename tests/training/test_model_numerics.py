@@ -251,3 +251,23 @@ def test_beam_of_one_equals_greedy(model64: SpeechMamba) -> None:
         beam = beam_search(model64.decoder, enc, prompts, [12, 12, 12], eos_id=3, blank_id=0, beam_size=1)
     assert greedy == beam
     assert all(len(g) <= 12 for g in greedy)
+
+
+def test_decode_steps_reuse_A_until_A_log_changes(model64: SpeechMamba) -> None:
+    """-exp(A_log) is kept between decode steps; optimizer steps, load_state_dict and dtype moves must
+    show up in the next step, and training (autograd on) never sees a cached value."""
+    block = model64.decoder.mamba.layers[0]
+    with torch.no_grad():
+        first = block._A()
+        assert block._A() is first and torch.equal(first, -torch.exp(block.A_log.float()))
+        block.A_log.add_(0.25)  # what an optimizer step does
+        assert torch.equal(block._A(), -torch.exp(block.A_log.float()))
+        saved = {k: v.clone() for k, v in block.state_dict().items()}
+        saved["A_log"] -= 1.0
+        block.load_state_dict(saved)
+        assert torch.equal(block._A(), -torch.exp(block.A_log.float()))
+    block.float()
+    with torch.no_grad():
+        assert torch.equal(block._A(), -torch.exp(block.A_log))
+    with torch.enable_grad():
+        assert block._A().requires_grad  # training: computed in the graph, gradients reach A_log
