@@ -146,6 +146,22 @@ MAX_QUEUE_DELAY_MICROSECONDS = 2_000
 """How long the dynamic batcher of each step waits to fill a batch."""
 
 
+DECODER_STEP_FILE = "decoder_step.onnx"
+"""The decoder's single decode step as ONNX, written by the build next to every python model that
+decodes (``<model>/<version>/decoder_step.onnx``); CPU instances run it with ONNX Runtime."""
+
+# The decode step graph (not a Triton model: loaded by the python models themselves). Shapes with the
+# batch first for TOKENS/LOGITS and second (after the layer axis) for the states.
+TOKENS = TensorSpec("TOKENS", "TYPE_INT64", (-1,))  # [B] the last token of each row
+CONV_STATE = TensorSpec("CONV_STATE", "TYPE_FP32", (-1, -1, -1, -1))  # [layers, B, d_inner, d_conv - 1]
+SSM_STATE = TensorSpec("SSM_STATE", "TYPE_FP32", (-1, -1, -1, -1))  # [layers, B, d_inner, d_state]
+LOGITS = TensorSpec("LOGITS", "TYPE_FP32", (-1, -1))  # [B, vocab] next-token logits
+CONV_STATE_OUT = TensorSpec("CONV_STATE_OUT", "TYPE_FP32", (-1, -1, -1, -1))  # the states after the token
+SSM_STATE_OUT = TensorSpec("SSM_STATE_OUT", "TYPE_FP32", (-1, -1, -1, -1))
+DECODER_STEP_INPUTS = (TOKENS, CONV_STATE, SSM_STATE)
+DECODER_STEP_OUTPUTS = (LOGITS, CONV_STATE_OUT, SSM_STATE_OUT)
+
+
 @dataclass(frozen=True)
 class EnsembleStep:
     """One step of an ensemble: model input/output name -> ensemble tensor name."""

@@ -2,6 +2,11 @@
 
 The serving decoder backend adapts Triton requests to ``Recognizer.decode``; ``transcribe`` runs
 the whole pipeline (features, PyTorch encoder, decoder) in this process.
+
+Decode steps: eager PyTorch (``decoder.step``) by default -- the reference, independent of any
+exported graph. ``decode_step=`` takes a ``decoder_step.onnx`` (or any step callable) to decode the
+way CPU serving does (the ``decoder`` model passes the file the build wrote beside it), e.g. to
+reproduce a served transcript bit for bit rather than up to float noise in the logits.
 """
 
 from __future__ import annotations
@@ -13,7 +18,7 @@ import numpy as np
 import torch
 from mambaserve.training.checkpoint import Checkpoint, load_checkpoint
 from mambaserve.training.model import EncoderOutput
-from mambaserve.training.search import beam_search, greedy_search, max_decode_lengths
+from mambaserve.training.search import DecodeStep, beam_search, greedy_search, max_decode_lengths
 from torch import Tensor
 
 __all__ = ["EncoderOutput", "Recognizer"]
@@ -23,7 +28,15 @@ METHODS = ("greedy", "beam")
 
 
 class Recognizer:
-    def __init__(self, checkpoint: Checkpoint | str | Path, device: str | torch.device = "cpu") -> None:
+    def __init__(
+        self,
+        checkpoint: Checkpoint | str | Path,
+        device: str | torch.device = "cpu",
+        decode_step: str | Path | DecodeStep | None = None,
+        step_threads: int = 1,
+    ) -> None:
+        """``decode_step``: None (eager ``decoder.step``), a ``decoder_step.onnx`` path (run by ONNX
+        Runtime with ``step_threads`` threads; CPU only) or a step callable."""
         if not isinstance(checkpoint, Checkpoint):
             checkpoint = load_checkpoint(checkpoint, device)
         self.checkpoint = checkpoint
@@ -33,6 +46,15 @@ class Recognizer:
         self.device = torch.device(device)
         f = self.config.features
         self.frame_seconds = f.hop_length * self.config.encoder.subsampling / f.sample_rate
+        self.step: DecodeStep = self.model.decoder.step
+        if isinstance(decode_step, (str, Path)):
+            if self.device.type != "cpu":
+                raise ValueError(f"decode_step={str(decode_step)!r} runs on the CPU; this Recognizer is on {self.device}")
+            from mambaserve.training.onnx_step import OnnxDecodeStep
+
+            self.step = OnnxDecodeStep(decode_step, threads=step_threads)
+        elif decode_step is not None:
+            self.step = decode_step
 
     def validate_prompt(self, prompt: str | bytes | None) -> list[int]:
         """Token ids of a prompt; ValueError naming the limit when it is not usable."""
@@ -81,12 +103,12 @@ class Recognizer:
         max_lengths = max_decode_lengths(enc.ctc_lengths, self.frame_seconds, d.max_tokens_per_second, d.min_tokens)
         decoder = self.model.decoder
         if method == "greedy":
-            return greedy_search(decoder, enc, prompt_ids, max_lengths, self.config.eos_id)
+            return greedy_search(decoder, enc, prompt_ids, max_lengths, self.config.eos_id, step=self.step)
         return beam_search(
             decoder, enc, prompt_ids, max_lengths, self.config.eos_id, self.config.blank_id,
             beam_size=beam_size or d.beam_size,
             ctc_weight=d.ctc_weight if ctc_weight is None else ctc_weight,
-            length_penalty=d.length_penalty,
+            length_penalty=d.length_penalty, step=self.step,
         )  # fmt: skip
 
     def decode(self, enc: EncoderOutput, prompts: Sequence[str | bytes | None] | None = None, **kwargs) -> list[str]:

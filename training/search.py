@@ -2,11 +2,15 @@
 
 Only the fixed-size decoder state travels from step to step (rows are reordered with
 ``MambaState.select``), so the work per generated token does not depend on what came before.
+
+``step``: what advances the state by one token -- ``decoder.step`` (eager PyTorch; the Triton kernels
+on CUDA) by default, or any callable with its contract, e.g. the ONNX Runtime step that CPU
+serving uses (``mambaserve.training.onnx_step.OnnxDecodeStep``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from mambaserve.training.ctc import CTCPrefixScorer
@@ -14,6 +18,9 @@ from mambaserve.training.decoder import TranscriptDecoder
 from mambaserve.training.mamba import MambaState
 from mambaserve.training.model import EncoderOutput
 from torch import Tensor
+
+DecodeStep = Callable[[Tensor, MambaState], Tensor]
+"""step(tokens [B], state) -> next-token logits [B, V], ``state`` updated in place."""
 
 
 def greedy_search(
@@ -23,12 +30,14 @@ def greedy_search(
     max_lengths: Sequence[int],
     eos_id: int,
     start: tuple[Tensor, MambaState] | None = None,
+    step: DecodeStep | None = None,
 ) -> list[list[int]]:
     """Argmax decoding; finished rows leave the batch so the rest step faster.
 
     ``start``: (next-token logits, state) after ``[prefix][prompt][BOS]`` computed elsewhere (a
     streaming server feeds the prefix as audio arrives); then ``enc`` is not used for the prefill.
     """
+    advance = step or decoder.step
     logits, state = start if start is not None else decoder.prefill(enc.prefix, enc.prefix_lengths, prompts)
     out: list[list[int]] = [[] for _ in prompts]
     active = torch.arange(len(prompts))
@@ -46,7 +55,7 @@ def greedy_search(
         if len(keep) < len(active):
             index = torch.tensor(keep)
             active, tokens, state = active[index], tokens[index], state.select(index.to(tokens.device))
-        logits = decoder.step(tokens, state)
+        logits = advance(tokens, state)
 
 
 def beam_search(
@@ -60,12 +69,14 @@ def beam_search(
     ctc_weight: float = 0.0,
     length_penalty: float = 0.0,
     start: tuple[Tensor, MambaState] | None = None,
+    step: DecodeStep | None = None,
 ) -> list[list[int]]:
     """Beam search; with ``ctc_weight`` > 0 each extension is also scored by CTC prefix probability.
 
     ``start`` as in :func:`greedy_search` (``enc`` then only needs the CTC fields, and only when
     ``ctc_weight`` > 0).
     """
+    advance = step or decoder.step
     batch, k = len(prompts), beam_size
     logits, state = start if start is not None else decoder.prefill(enc.prefix, enc.prefix_lengths, prompts)
     device = logits.device
@@ -130,7 +141,7 @@ def beam_search(
         if scorer is not None:
             ctc_state = CTCPrefixScorer.advance(ctc_state, row_index, cand_index, cand, psi, r_n, r_b)
         state = state.select(row_index)
-        logp = torch.log_softmax(decoder.step(tokens, state).float(), -1)
+        logp = torch.log_softmax(advance(tokens, state).float(), -1)
     results = []
     for b in range(batch):
         if finished[b]:
