@@ -385,18 +385,23 @@ class Trainer:
             prompts.append(self.tokenizer.encode(prompt) if prompt else [])
         return prompts
 
-    def loss_on(self, batch: dict[str, Any], train: bool = True) -> dict[str, Tensor]:
-        audio = batch["audio"].to(self.device)
-        lengths = batch["audio_lengths"].to(self.device)
+    def _features(self, batch: dict[str, Any], augment: bool) -> tuple[Tensor, Tensor]:
         with torch.no_grad():
-            feats, feat_lengths = self.model.features(audio, lengths)
-            if train:
+            feats, feat_lengths = self.model.features(batch["audio"].to(self.device), batch["audio_lengths"].to(self.device))
+            if augment:
                 feats = spec_augment(feats, feat_lengths, self.config.spec_augment)
+        return feats, feat_lengths
+
+    def _targets(self, batch: dict[str, Any], train: bool) -> tuple[list[list[int]], list[list[int]]]:
         targets = [self.tokenizer.encode(t) for t in batch["texts"]]
         prompts = self._prompts(batch) if train else [self.tokenizer.encode(p) if p else [] for p in batch["prompts"]]
+        return targets, prompts
+
+    def loss_on(self, batch: dict[str, Any]) -> dict[str, Tensor]:
         use_bf16 = self.device.type == "cuda"
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=use_bf16):
-            return self.ddp_model(feats, feat_lengths, targets, prompts, self.config.ctc_weight, self.config.label_smoothing)
+            return self.ddp_model(*self._features(batch, augment=True), *self._targets(batch, train=True),
+                                  self.config.ctc_weight, self.config.label_smoothing)  # fmt: skip
 
     def train_step(self, batch: dict[str, Any]) -> dict[str, float]:
         self.model.train()
@@ -413,19 +418,29 @@ class Trainer:
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
-        """Dev WER/CER on the first ``eval_items`` dev utterances: decoder greedy and CTC greedy."""
+        """Dev metrics on the first ``eval_items`` dev utterances: decoder greedy and CTC greedy WER/CER,
+        and the decoder's teacher-forced cross-entropy (it shows a decoder learning to use the audio
+        long before its free-running transcripts improve)."""
         if not self.dev_items:
             return {}
         from mambaserve.training.ctc import ctc_greedy
-        from mambaserve.training.dataset import load_audio
+        from mambaserve.training.dataset import collate_audio, load_audio
         from mambaserve.training.evaluate import score_transcripts
         from mambaserve.training.inference import Recognizer
 
         self.model.eval()
         rec = Recognizer(Checkpoint(self.model, self.tokenizer, self.model_config, self.out), self.device)
         hyps, ctc_hyps, refs = [], [], []
+        ce_total, ce_tokens = 0.0, 0
         for start in range(0, len(self.dev_items), 16):
             items = self.dev_items[start : start + 16]
+            batch = collate_audio([{"id": it["id"], "audio": torch.from_numpy(load_audio(it["audio"])),
+                                    "text": it["text"], "prompt": it.get("prompt") or ""} for it in items])  # fmt: skip
+            losses = self.model.compute_loss(*self._features(batch, augment=False), *self._targets(batch, False),
+                                             ctc_weight=0.0, label_smoothing=0.0)  # fmt: skip
+            n_tokens = sum(len(self.tokenizer.encode(t)) + 1 for t in batch["texts"])
+            ce_total += float(losses["ce"]) * n_tokens
+            ce_tokens += n_tokens
             feats, lengths = rec.features([load_audio(it["audio"]) for it in items])
             enc = rec.encode(feats, lengths)
             hyps += rec.decode(enc, [it.get("prompt") for it in items], method="greedy")
@@ -433,7 +448,8 @@ class Trainer:
             refs += [it["text"] for it in items]
         self.model.train()
         ctc = score_transcripts(refs, ctc_hyps)
-        return {**score_transcripts(refs, hyps), "ctc_wer": ctc["wer"], "ctc_cer": ctc["cer"]}
+        return {**score_transcripts(refs, hyps), "ctc_wer": ctc["wer"], "ctc_cer": ctc["cer"],
+                "decoder_ce": ce_total / max(ce_tokens, 1)}  # fmt: skip
 
     # -- the loop ----------------------------------------------------------------------------------
     def fit(self) -> Path:

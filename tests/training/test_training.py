@@ -95,7 +95,7 @@ def test_fit_writes_averaged_final_checkpoint(tiny_train_config) -> None:
     for (name, a), b in zip(final_model.state_dict().items(), averaged.state_dict().values()):
         assert torch.equal(a, b), name
     metrics = json.loads((run / "final_metrics.json").read_text())
-    assert set(metrics) == {"wer", "cer", "ctc_wer", "ctc_cer"}
+    assert set(metrics) == {"wer", "cer", "ctc_wer", "ctc_cer", "decoder_ce"}
     assert any((run / "tb").iterdir())
 
 
