@@ -74,6 +74,7 @@ class OnnxDecodeStep:
         self.layers, self.d_inner, self.conv_width, self.d_state = conv[0], conv[2], conv[3], ssm[3]
         self.vocab_size = self.session.get_outputs()[0].shape[1]
         self._binding = self.session.io_binding()
+        self._bound: dict[str, tuple[int, tuple[int, ...]]] = {}
         self._scratch = self.buffers()
 
     def _check_signature(self) -> None:
@@ -112,22 +113,20 @@ class OnnxDecodeStep:
         return batch
 
     def _bind(self, name: str, t: Tensor, output: bool = False) -> None:
+        """Bind by pointer; a binding that has not changed since the last step is kept (greedy loops
+        step the same state tensors every token: 2 of 6 bindings change per step)."""
+        key = (t.data_ptr(), tuple(t.shape))
+        if self._bound.get(name) == key:
+            return
         dtype = np.int64 if t.dtype == torch.int64 else np.float32
         bind = self._binding.bind_output if output else self._binding.bind_input
-        bind(name, "cpu", 0, dtype, list(t.shape), t.data_ptr())
+        bind(name, "cpu", 0, dtype, list(key[1]), key[0])
+        self._bound[name] = key
 
-    @torch.no_grad()
-    def advance(self, tokens: Tensor, state: MambaState, out: MambaState) -> Tensor:
-        """logits [B, V]; the state after the tokens is written into ``out`` (same shapes, float32,
-        contiguous, not sharing memory with ``state``); ``state`` is left unchanged."""
-        batch = self._check(tokens, state)
+    def _run(self, tokens: Tensor, state: MambaState, out: MambaState, batch: int) -> Tensor:
         tokens = tokens.to(torch.int64).contiguous()
         conv = state.conv.to(torch.float32).contiguous()
         ssm = state.ssm.to(torch.float32).contiguous()
-        for t in (out.conv, out.ssm):
-            if t.dtype != torch.float32 or not t.is_contiguous():
-                raise ValueError("advance: out must hold contiguous float32 tensors")
-        self._check(tokens, out)
         if out.conv.data_ptr() == conv.data_ptr() or out.ssm.data_ptr() == ssm.data_ptr():
             raise ValueError("advance: out must not share memory with state (the graph reads one while writing the other)")
         logits = torch.empty(batch, self.vocab_size)
@@ -140,11 +139,22 @@ class OnnxDecodeStep:
         self.session.run_with_iobinding(self._binding)
         return logits
 
+    @torch.no_grad()
+    def advance(self, tokens: Tensor, state: MambaState, out: MambaState) -> Tensor:
+        """logits [B, V]; the state after the tokens is written into ``out`` (same shapes, float32,
+        contiguous, not sharing memory with ``state``); ``state`` is left unchanged."""
+        batch = self._check(tokens, state)
+        self._check(tokens, out)
+        if any(t.dtype != torch.float32 or not t.is_contiguous() for t in (out.conv, out.ssm)):
+            raise ValueError("advance: out must hold contiguous float32 tensors")
+        return self._run(tokens, state, out, batch)
+
     def __call__(self, tokens: Tensor, state: MambaState) -> Tensor:
         """tokens [B] -> logits [B, V]; ``state`` is updated in place (as ``decoder.step`` does)."""
         batch = self._check(tokens, state)
         scratch = self._scratch.view(batch)
-        logits = self.advance(tokens, state, scratch)
+        with torch.no_grad():
+            logits = self._run(tokens, state, scratch, batch)
         state.conv.copy_(scratch.conv)
         state.ssm.copy_(scratch.ssm)
         return logits
