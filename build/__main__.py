@@ -59,6 +59,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="close a decoder session idle this long (default: %(default)s)")
     parser.add_argument("--session-state-dtype", choices=["float32", "float16", "bfloat16"], default="float32",
                         help="storage of kept session states (float16/bfloat16 halve it; default: %(default)s, exact)")
+    parser.add_argument("--decode-step", choices=["onnx", "torch"], default="onnx",
+                        help="what CPU instances generate tokens with: the compiled step in ONNX Runtime or eager "
+                             "PyTorch (default: %(default)s; GPU instances always use PyTorch + the Triton kernels)")
     args = parser.parse_args(argv)
     try:
         instances = _instances(args.instances)
@@ -83,6 +86,7 @@ def main(argv: list[str] | None = None) -> int:
             session_slots=args.session_slots,
             session_idle_s=args.session_idle_s,
             session_state_dtype=args.session_state_dtype,
+            decode_step=args.decode_step,
         )
     except ValueError as e:  # a bad option value, named by BuildOptions
         parser.error(str(e))

@@ -26,8 +26,9 @@ from mambaserve.build.backends.common import CHECKPOINT_DIR
 from mambaserve.build.errors import BuildError
 from mambaserve.build.versioning import BUILD_INFO, next_version
 
-BUILD_FORMAT = 2
-"""Bumped when the repository layout changes, so that `make demo` rebuilds an older repository."""
+BUILD_FORMAT = 3
+"""Bumped when the repository layout changes, so that `make demo` rebuilds an older repository.
+3: decoder_step.onnx beside every python model that decodes."""
 
 PYTHON_MODELS = {
     spec.FEATURE_EXTRACTOR: ("mambaserve.build.backends.feature_extractor", ("features",)),
@@ -39,6 +40,9 @@ PYTHON_MODELS = {
     ),
 }
 """python model -> (library module with its TritonPythonModel, checkpoint parts it needs)."""
+DECODING_MODELS = tuple(name for name, (_, parts) in PYTHON_MODELS.items() if "decoder" in parts)
+"""Python models that generate tokens: each gets the compiled decode step (spec.DECODER_STEP_FILE)."""
+DECODE_STEPS = ("onnx", "torch")
 
 SESSION_STATE_DTYPES = ("float32", "float16", "bfloat16")
 ONNX_PLATFORM = "onnxruntime_onnx"
@@ -79,12 +83,18 @@ class BuildOptions:
     """A decoder session idle this long is closed."""
     session_state_dtype: str = "float32"
     """Storage of kept session states: float32 (exact) or float16/bfloat16 (half the bytes)."""
+    decode_step: str = "onnx"
+    """What CPU instances of the decoding models generate tokens with: "onnx" (the compiled decode step
+    in ONNX Runtime) or "torch" (eager PyTorch). GPU instances always use PyTorch + the Triton kernels.
+    The step graph is written either way (a config edit switches back)."""
 
     def __post_init__(self) -> None:
         if self.stream_slots < 1 or self.session_slots < 1:
             raise ValueError("stream_slots and session_slots must be >= 1")
         if not (self.stream_idle_s > 0 and self.session_idle_s > 0):
             raise ValueError("stream_idle_s and session_idle_s must be > 0 seconds")
+        if self.decode_step not in DECODE_STEPS:
+            raise ValueError(f"decode_step must be one of {DECODE_STEPS}, not {self.decode_step!r}")
         if self.session_state_dtype not in SESSION_STATE_DTYPES:
             raise ValueError(f"session_state_dtype must be one of {SESSION_STATE_DTYPES}, not {self.session_state_dtype!r}")
         if int(self.instances.get(spec.DECODER_SESSION, 1)) != 1:
@@ -159,16 +169,16 @@ def build_repository(
     Raises :class:`BuildError` (nothing written to `out`) when any step fails.
     """
 
-    from mambaserve.build import onnx_export, tensorrt_engine
+    from mambaserve.build import decoder_step_export, onnx_export, tensorrt_engine
     from mambaserve.build.verify import check_wiring
     from mambaserve.training.checkpoint import load_checkpoint, save_checkpoint
-    from mambaserve.training.export import EncoderForExport
+    from mambaserve.training.export import DecoderStepForExport, EncoderForExport
 
     options = options or BuildOptions()
     exporter = exporter or onnx_export.export_onnx
     started = time.monotonic()
     checkpoint, out = Path(checkpoint), Path(out)
-    steps = _Steps(9 if options.verify_load else 8, log)
+    steps = _Steps(10 if options.verify_load else 9, log)
 
     steps.start(f"loading checkpoint {checkpoint}")
     if not (checkpoint / "model.safetensors").exists():
@@ -226,6 +236,22 @@ def build_repository(
         if options.fp16 and platform != TENSORRT_PLATFORM:
             log("      note: --fp16 applies to the TensorRT engine only; the ONNX encoder stays FP32")
 
+        steps.start(
+            f"exporting the decoder's decode step to ONNX and checking it against PyTorch (batches "
+            f"{list(decoder_step_export.PARITY_BATCHES)}, a {decoder_step_export.ROLLOUT_STEPS}-token greedy rollout)"
+        )
+        step_path = staging / spec.DECODER_STEP_FILE
+        decoder_step_export.export_decoder_step(DecoderStepForExport(ckpt.model.decoder), step_path)
+        decoder_step_export.check_step_parity(
+            step_path, ckpt.model.decoder,
+            progress=lambda r: log(f"      batch={r.batch}: max relative error {r.worst:.2e} (limit {decoder_step_export.RTOL:g})"),
+        )  # fmt: skip
+        rollout = decoder_step_export.check_rollout_parity(step_path, ckpt.model.decoder)
+        log(f"      greedy rollout, {rollout.batch} random prefixes x {rollout.steps} tokens: same tokens"
+            f"{f' (up to {rollout.ties} exact ties)' if rollout.ties else ''}, logits max relative error "
+            f"{rollout.worst_logits:.2e} (limit {decoder_step_export.ROLLOUT_RTOL:g}); "
+            f"{spec.DECODER_STEP_FILE}: {step_path.stat().st_size / 1e6:.1f} MB")  # fmt: skip
+
         steps.start(f"packaging the python models ({', '.join(PYTHON_MODELS)}): weights, tokenizer, config")
         for name, (module, parts) in PYTHON_MODELS.items():
             vdir = staging / name / str(versions[name])
@@ -233,7 +259,12 @@ def build_repository(
             save_checkpoint(vdir / CHECKPOINT_DIR, ckpt.model, ckpt.tokenizer, config, parts=parts)
             (vdir / "model.py").write_text(_python_model_file(module, name))
             size = sum(f.stat().st_size for f in (vdir / CHECKPOINT_DIR).iterdir())
-            log(f"      {name}: parts {list(parts)}, {size / 1e6:.1f} MB")
+            extra = ""
+            if name in DECODING_MODELS:
+                shutil.copyfile(step_path, vdir / spec.DECODER_STEP_FILE)
+                extra = f" + {spec.DECODER_STEP_FILE}"
+            log(f"      {name}: parts {list(parts)}, {size / 1e6:.1f} MB{extra}")
+        step_path.unlink()
 
         steps.start("generating config.pbtxt files and warm-up data")
         warm = _warmup_shapes(encoder_module, n_mels)
@@ -322,7 +353,7 @@ def _configs(specs, staging: Path, options: BuildOptions, platform: str, filenam
         )
 
     torch_params = {"torch_threads": str(options.torch_threads)} if options.torch_threads else {}
-    decoder_params = dict(torch_params)
+    decoder_params = {**torch_params, "decode_step": options.decode_step}
     if options.decoding_method:
         decoder_params["decoding_method"] = options.decoding_method
     ort_params = {"intra_op_thread_count": str(options.ort_threads)} if options.ort_threads else {}
@@ -394,7 +425,8 @@ def _stateful_configs(specs, options: BuildOptions) -> dict:
             parameters=params,
         )
 
-    method = {"decoding_method": options.decoding_method} if options.decoding_method else {}
+    decoding = {"decoding_method": options.decoding_method} if options.decoding_method else {}
+    decoding["decode_step"] = options.decode_step
     slots = options.stream_slots
     sequence = mc.SequenceBatching(
         max_sequence_idle_us=int(options.stream_idle_s * 1e6),
@@ -412,7 +444,7 @@ def _stateful_configs(specs, options: BuildOptions) -> dict:
         dec: mc.model_config(
             specs[dec], backend="python",
             sequence=mc.SequenceBatching(sequence.max_sequence_idle_us, 4 * slots, options.max_queue_delay_us),
-            deployment=deployment(dec, {"max_sequences": str(2 * slots), **method}),
+            deployment=deployment(dec, {"max_sequences": str(2 * slots), **decoding}),
         ),
         spec.ASR_STREAMING: mc.ensemble_config(specs[spec.ASR_STREAMING]),
         ses: mc.model_config(
@@ -421,7 +453,7 @@ def _stateful_configs(specs, options: BuildOptions) -> dict:
                 "max_sessions": str(options.session_slots),
                 "idle_seconds": repr(float(options.session_idle_s)),
                 "state_dtype": options.session_state_dtype,
-                **method,
+                **decoding,
             }),
         ),
     }  # fmt: skip
