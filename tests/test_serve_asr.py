@@ -66,8 +66,10 @@ def test_server_and_every_model_are_ready_with_the_public_contract(triton_server
 
 def test_build_reported_every_step(build_output):
     for text in ("exporting the encoder to ONNX", "max relative error", "TensorRT engine", "skipped:",
+                 "exporting the decoder's decode step to ONNX", "greedy rollout",
                  "checking the ensemble wiring", "loading every model in a real tritonserver",
-                 "ready: asr v1, decoder v1, encoder v1, feature_extractor v1"):  # fmt: skip
+                 "ready: asr v1, asr_streaming v1, decoder v1, decoder_session v1, encoder v1, feature_extractor v1, "
+                 "streaming_decoder v1, streaming_encoder v1"):  # fmt: skip
         assert text in build_output, text
 
 
@@ -84,6 +86,22 @@ def test_served_transcripts_equal_the_in_process_ones(grpc, recognizer, speech_c
     prompt = "state space"
     with_prompt = [transcribe(grpc, grpcclient, audio, prompt)[0] for _, audio in speech_clips[:2]]
     assert with_prompt == recognizer.transcribe([a for _, a in speech_clips[:2]], prompts=[prompt] * 2)
+
+
+def test_cpu_decoding_models_run_the_compiled_step_and_match_in_process_with_it(triton_server, model_repository, grpc,
+                                                                               checkpoint_dir, speech_clips, expected):
+    """CPU instances decode with the build's decoder_step.onnx (ONNX Runtime), not silently with PyTorch;
+    the in-process Recognizer given the same file gives the same transcripts, as does the eager one."""
+    from mambaserve.training.inference import Recognizer
+
+    log = triton_server.log_path.read_text(errors="replace")
+    for model in (spec.DECODER, spec.STREAMING_DECODER, spec.DECODER_SESSION):
+        line = rf"{model}: decode steps with \S*/{model}/1/{re.escape(spec.DECODER_STEP_FILE)} on cpu"
+        assert re.search(line, log), model
+    compiled = Recognizer(checkpoint_dir, decode_step=model_repository / spec.DECODER / "1" / spec.DECODER_STEP_FILE)
+    audio = [a for _, a in speech_clips]
+    served = [transcribe(grpc, grpcclient, a)[0] for a in audio]
+    assert served == compiled.transcribe(audio) == expected
 
 
 def test_each_stage_matches_pytorch(grpc, recognizer, speech_clips):

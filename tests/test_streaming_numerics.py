@@ -171,20 +171,38 @@ def test_interleaved_sequences_equal_one_by_one_bitwise(recognizer, offline, one
             assert a.ids == b.ids
 
 
+@pytest.fixture(scope="module")
+def onnx_step(recognizer, tmp_path_factory):
+    """The compiled decode step of the checkpoint, as the build writes it (CPU instances run this)."""
+    from mambaserve.build.decoder_step_export import export_decoder_step
+    from mambaserve.training.export import DecoderStepForExport
+    from mambaserve.training.onnx_step import OnnxDecodeStep
+
+    path = tmp_path_factory.mktemp("step") / "decoder_step.onnx"
+    return OnnxDecodeStep(export_decoder_step(DecoderStepForExport(recognizer.model.decoder), path))
+
+
+@pytest.fixture(params=["torch", "onnx"])
+def decode_step(request):
+    """None: the PyTorch step straight into the pool rows (GPU path); else the ONNX Runtime step."""
+    return None if request.param == "torch" else request.getfixturevalue("onnx_step")
+
+
 def _decoder_inputs(recognizer, offline):
     _clips, enc, _ = offline
     prompts = [None, "hello there", "serving state space models"]
     return enc, [recognizer.validate_prompt(p) for p in prompts], prompts
 
 
-def test_streamed_decoder_final_equals_offline_greedy(recognizer, offline):
+def test_streamed_decoder_final_equals_offline_greedy(recognizer, offline, decode_step):
     from mambaserve.build.backends.streaming_engine import DecoderPool, Sampling, max_decode_length
+    from mambaserve.training.inference import Recognizer
     from mambaserve.training.search import max_decode_lengths
     from mambaserve.training.tokenizer import BOS_ID
 
     enc, prompt_ids, prompts = _decoder_inputs(recognizer, offline)
     dec = recognizer.model.decoder
-    pool = DecoderPool(dec, capacity=6)
+    pool = DecoderPool(dec, capacity=6, step=decode_step)
     slots = [5, 1, 3]
     pool.reset(slots)
     for start in range(0, int(enc.prefix_lengths.max()), 3):  # the prefix arrives 3 vectors at a time
@@ -199,9 +217,12 @@ def test_streamed_decoder_final_equals_offline_greedy(recognizer, offline):
                                          recognizer.config.decoding.min_tokens)  # fmt: skip
     ids = pool.generate(slots, logits, [Sampling()] * 3, budgets, recognizer.config.eos_id)
     assert ids == recognizer.decode_ids(enc, prompts, method="greedy")
+    if decode_step is not None:  # offline with the same compiled step: the served pair (asr vs asr_streaming)
+        same_step = Recognizer(recognizer.checkpoint, decode_step=decode_step)
+        assert ids == same_step.decode_ids(enc, prompts, method="greedy")
 
 
-def test_session_copies_generate_like_a_fresh_state(recognizer, offline):
+def test_session_copies_generate_like_a_fresh_state(recognizer, offline, decode_step):
     """A kept state copied into working rows gives what a fresh prefill gives, for greedy, seeded
     sampling and beam search; the kept state itself does not change."""
     from mambaserve.build.backends.streaming_engine import DecoderPool, Sampling
@@ -214,7 +235,7 @@ def test_session_copies_generate_like_a_fresh_state(recognizer, offline):
     sessions.reset([2])
     sessions.feed([2], [enc.prefix[0, : int(enc.prefix_lengths[0])]])
     kept = sessions.state.select(torch.tensor([2])).clone()
-    work = DecoderPool(dec, capacity=3)
+    work = DecoderPool(dec, capacity=3, step=decode_step)
     settings = [Sampling(), Sampling(method="sample", seed=11, temperature=0.8, top_k=40, min_tokens=5),
                 Sampling(method="sample", seed=11, temperature=0.8, top_k=40, min_tokens=5)]  # fmt: skip
     budget = [12] * 3
@@ -233,11 +254,40 @@ def test_session_copies_generate_like_a_fresh_state(recognizer, offline):
     from mambaserve.training.search import beam_search, greedy_search
 
     with torch.no_grad():
-        assert [first[0]] == greedy_search(dec, one, [prompt_ids[1]], [12], cfg.eos_id)
+        assert [first[0]] == greedy_search(dec, one, [prompt_ids[1]], [12], cfg.eos_id, step=decode_step)
         sessions.copy_to([2], work, [0])
         logits = work.feed_tokens([0], [[*prompt_ids[1], BOS_ID]])
         beam = work.beam([0], logits, [Sampling(method="beam", beam_size=3)], [12], cfg.eos_id, cfg.blank_id)
-        assert beam == beam_search(dec, one, [prompt_ids[1]], [12], cfg.eos_id, cfg.blank_id, beam_size=3)
+        assert beam == beam_search(dec, one, [prompt_ids[1]], [12], cfg.eos_id, cfg.blank_id, beam_size=3,
+                                   step=decode_step)  # fmt: skip
+
+
+def test_compiled_generation_is_bitwise_batch_invariant(recognizer, offline, onnx_step, one_torch_thread):
+    """With the ONNX Runtime step, rows generating together give exactly the tokens and final states
+    (bit for bit) that each gives alone, with no padding rows."""
+    from mambaserve.build.backends.streaming_engine import DecoderPool, Sampling
+    from mambaserve.training.tokenizer import BOS_ID
+
+    enc, prompt_ids, _ = _decoder_inputs(recognizer, offline)
+    dec = recognizer.model.decoder
+    cfg = recognizer.config
+    settings = [Sampling(), Sampling(method="sample", seed=3, temperature=0.9, top_k=20), Sampling(min_tokens=6)]
+    budgets = [20, 9, 14]
+
+    def run(rows: list[int]) -> tuple[list[list[int]], MambaState]:
+        pool = DecoderPool(dec, capacity=5, step=onnx_step)
+        slots = [4 - r for r in rows]
+        pool.reset(slots)
+        pool.feed(slots, [enc.prefix[r, : int(enc.prefix_lengths[r])] for r in rows])
+        logits = pool.feed_tokens(slots, [[*prompt_ids[r], BOS_ID] for r in rows])
+        ids = pool.generate(slots, logits, [settings[r] for r in rows], [budgets[r] for r in rows], cfg.eos_id)
+        return ids, pool.state.select(torch.tensor(slots))
+
+    together, state = run([0, 1, 2])
+    for r in range(3):
+        alone, own = run([r])
+        assert alone[0] == together[r]
+        assert torch.equal(own.ssm[:, 0], state.ssm[:, r]) and torch.equal(own.conv[:, 0], state.conv[:, r])
 
 
 def test_state_per_sequence_has_a_fixed_size(recognizer):

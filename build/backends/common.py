@@ -53,6 +53,30 @@ def configure_torch_threads(args: dict) -> None:
             torch.set_num_threads(threads)
 
 
+DECODE_STEPS = ("onnx", "torch")
+
+
+def decode_step_path(args: dict, device: str) -> Path | None:
+    """The ``decoder_step.onnx`` a CPU instance decodes with, or None for the PyTorch step.
+
+    ``decode_step`` parameter: ``onnx`` (default: the compiled step, if the build wrote it beside this
+    model) or ``torch`` (eager PyTorch; also what GPU instances always use -- the Triton kernels).
+    """
+    choice = parameter(args, "decode_step", "onnx")
+    if choice not in DECODE_STEPS:
+        raise ValueError(f"parameter decode_step must be one of {DECODE_STEPS}, got {choice!r}")
+    if choice == "torch" or device != "cpu":
+        return None
+    path = checkpoint_dir(args).parent / spec.DECODER_STEP_FILE
+    return path if path.is_file() else None
+
+
+def step_threads(args: dict) -> int:
+    """ONNX Runtime intra-op threads of the decode step: the instance's ``torch_threads`` (default 1)."""
+    value = parameter(args, "torch_threads")
+    return int(value) if value else 1
+
+
 def validate_audio(audio: np.ndarray, *, min_samples: int, sample_rate: int = spec.SAMPLE_RATE) -> np.ndarray:
     """AUDIO of one request, [batch, samples] float32; raises ValueError naming the limit."""
     name = spec.AUDIO.name

@@ -1,5 +1,9 @@
 """`decoder` model: encoder outputs (+ optional PROMPT) -> TRANSCRIPT, via `Recognizer.decode`.
 
+On a CPU instance every generated token runs the compiled decode step (``decoder_step.onnx`` beside
+this model, ONNX Runtime; parameter ``decode_step: torch`` switches back to eager PyTorch); on a GPU
+instance the PyTorch step with the Triton kernels.
+
 Requests arrive as a ragged batch (each has its own prefix/CTC length); they are padded into one
 EncoderOutput and decoded together. Prompts are checked per request first, so a bad prompt fails only
 its own request; if the batched decode itself fails, each request is retried alone so that one
@@ -15,8 +19,10 @@ from mambaserve.build.backends.common import (
     checkpoint_dir,
     configure_torch_threads,
     decode_prompts,
+    decode_step_path,
     pad_stack,
     parameter,
+    step_threads,
     torch_device,
 )
 from mambaserve.build.backends.metrics import DECODER_REJECTION_REASONS, Metrics
@@ -33,9 +39,12 @@ class TritonPythonModel:
         self.torch = torch
         self.EncoderOutput = EncoderOutput
         self.device = torch_device(args)
-        self.recognizer = Recognizer(checkpoint_dir(args), device=self.device)
+        step = decode_step_path(args, self.device)  # CPU: the compiled decode step; GPU: the kernels
+        self.recognizer = Recognizer(checkpoint_dir(args), device=self.device, decode_step=step,
+                                     step_threads=step_threads(args))  # fmt: skip
         self.method = parameter(args, "decoding_method") or None
         self.name = args["model_name"]
+        pb_utils.Logger.log_info(f"{self.name}: decode steps with {step or 'PyTorch'} on {self.device}")
         self.metrics = Metrics()
         self.metrics.declare(self.name, tokens=True, reasons=DECODER_REJECTION_REASONS)
 

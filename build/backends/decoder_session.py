@@ -6,7 +6,8 @@ session pool; CONTEXT text (any request) is appended to that kept history. Every
 generates (MAX_TOKENS != 0) copies the kept state into a working row, feeds its own
 ``[PROMPT][BOS]`` there and decodes -- greedy, beam or sampled -- so a session tries new prompts and
 settings without re-running the encoder or its history, and the cost per generated token is the
-same whatever the history length (the state has a fixed size).
+same whatever the history length (the state has a fixed size). CPU instances generate with the
+compiled decode step (``decoder_step.onnx`` beside this model); GPU instances with the kernels.
 
 Each generated token is sent as its own response (TOKEN, TOKEN_ID, TRANSCRIPT so far, IS_FINAL
 false) as soon as it is chosen; the last response has IS_FINAL true and Triton's final flag. Beam
@@ -29,7 +30,9 @@ from mambaserve.build.backends.common import (
     checkpoint_dir,
     configure_torch_threads,
     decode_prompts,
+    decode_step_path,
     parameter,
+    step_threads,
     torch_device,
     validate_audio,
 )
@@ -76,7 +79,10 @@ class TritonPythonModel:
         self.torch = torch
         self.name = args["model_name"]
         self.device = torch_device(args)
-        self.recognizer = Recognizer(checkpoint_dir(args), device=self.device)
+        step = decode_step_path(args, self.device)  # CPU: the compiled decode step; GPU: the kernels
+        self.recognizer = Recognizer(checkpoint_dir(args), device=self.device, decode_step=step,
+                                     step_threads=step_threads(args))  # fmt: skip
+        pb_utils.Logger.log_info(f"{self.name}: decode steps with {step or 'PyTorch'} on {self.device}")
         self.config = config = self.recognizer.config
         self.tokenizer = self.recognizer.tokenizer
         d = config.decoding
@@ -90,7 +96,8 @@ class TritonPythonModel:
         model = self.recognizer.model
         self.encoder = EncoderStreams(model, batch, self.device)  # transient: a session's audio, once
         self.sessions = DecoderPool(model.decoder, capacity, self.device, dtype=dtype)
-        self.work = DecoderPool(model.decoder, batch, self.device)  # one row per request generating
+        compiled = self.recognizer.step if step is not None else None
+        self.work = DecoderPool(model.decoder, batch, self.device, step=compiled)  # one row per request generating
         self.history = [0] * capacity
         self.frames = [0] * capacity
         self.min_samples = config.features.win_length

@@ -4,7 +4,7 @@ transcript from that state, with the offline decoder's method and budget.
 
 Every other chunk answers the encoder's CTC partial transcript (IS_FINAL false). The decoder state
 of each sequence is a row of this instance's pool (streaming_engine.DecoderPool); decoding steps
-those rows in place. The pool is larger than the encoder's (``max_sequences`` x 2 by default): a
+those rows in place (CPU instances: with the compiled decode step, ``decoder_step.onnx``). The pool is larger than the encoder's (``max_sequences`` x 2 by default): a
 sequence that already ended in the encoder may still wait in this model's queue, and must not make
 a new sequence look like a full pool here.
 """
@@ -18,7 +18,9 @@ from mambaserve.build.backends.common import (
     checkpoint_dir,
     configure_torch_threads,
     decode_prompts,
+    decode_step_path,
     parameter,
+    step_threads,
     torch_device,
 )
 from mambaserve.build.backends.metrics import INTERNAL, STATEFUL_REJECTION_REASONS, Metrics
@@ -44,7 +46,10 @@ class TritonPythonModel:
         self.torch = torch
         self.name = args["model_name"]
         self.device = torch_device(args)
-        self.recognizer = Recognizer(checkpoint_dir(args), device=self.device)
+        step = decode_step_path(args, self.device)  # CPU: the compiled decode step; GPU: the kernels
+        self.recognizer = Recognizer(checkpoint_dir(args), device=self.device, decode_step=step,
+                                     step_threads=step_threads(args))  # fmt: skip
+        pb_utils.Logger.log_info(f"{self.name}: decode steps with {step or 'PyTorch'} on {self.device}")
         config = self.recognizer.config
         self.config = config
         method = parameter(args, "decoding_method") or config.decoding.method
@@ -55,7 +60,8 @@ class TritonPythonModel:
         )  # fmt: skip
         self.keep_ctc = self.sampling.method == BEAM and d.ctc_weight > 0
         capacity = int_parameter(args, "max_sequences", 2 * spec.STREAM_SLOTS)
-        self.pool_rows = DecoderPool(self.recognizer.model.decoder, capacity, self.device)
+        compiled = self.recognizer.step if step is not None else None
+        self.pool_rows = DecoderPool(self.recognizer.model.decoder, capacity, self.device, step=compiled)
         self.prompts: list[list[int]] = [[] for _ in range(capacity)]
         self.ctc: list[list] = [[] for _ in range(capacity)]
         self.metrics = Metrics()

@@ -9,14 +9,19 @@ slot (see slot_pool.py for the correlation ID -> slot map):
   frames for a non-causal bridge), the encoder's Mamba state, and the CTC greedy path so far.
   Fed any chunking of an utterance it produces exactly the offline frames, prefix and CTC path.
 - :class:`DecoderPool` (decoder states in a pool) advances rows over prefix vectors or tokens
-  (right-padded batches continue exactly from each row's state) and generates in place: each step
-  updates the pool rows through the kernels' ``state_batch_indices`` (``MambaStack.step(slots=)``).
+  (right-padded batches continue exactly from each row's state) and generates in place. With the
+  PyTorch step each token updates the pool rows through the kernels' ``state_batch_indices``
+  (``MambaStack.step(slots=)``; what GPU instances run); with a compiled step (``step=``, the ONNX
+  Runtime step CPU instances run) the generating rows are gathered once into a contiguous batch,
+  stepped there, and each row's state is written back to its slot when the row finishes.
 
 Batches mix sequences at different points with different chunk lengths: every call right-pads and
 masks, so a row's result does not depend on what else is in the batch -- bit for bit: CPU matrix
 products give a row the same bits whatever the other rows, except that fewer than MIN_ROWS rows take
 another code path (gemv), so every product here gets at least MIN_ROWS rows (zero rows added, their
-outputs dropped; decode steps add pad slots that the kernels skip).
+outputs dropped; decode steps add pad slots that the kernels skip). ONNX Runtime's step needs no
+padding (``OnnxDecodeStep.min_rows`` is 1: its products use pre-packed weights, one kernel for any
+batch; the tests check the bits).
 """
 
 from __future__ import annotations
@@ -287,13 +292,19 @@ TokenCallback = Callable[[int, int], None]
 
 
 class DecoderPool:
-    """Decoder Mamba states of ``capacity`` rows; feed and generate address rows by slot."""
+    """Decoder Mamba states of ``capacity`` rows; feed and generate address rows by slot.
 
-    def __init__(self, decoder, capacity: int, device: str | torch.device = "cpu", dtype=torch.float32):
+    ``step``: None (the PyTorch step, straight into the pool rows: the GPU path), or a compiled
+    decode step with the contract of ``decoder.step`` (``OnnxDecodeStep``) used for every generated
+    token; prefix and prompt feeds stay in PyTorch (masked scans over several positions at once)."""
+
+    def __init__(self, decoder, capacity: int, device: str | torch.device = "cpu", dtype=torch.float32,
+                 step: Callable[[Tensor, MambaState], Tensor] | None = None):  # fmt: skip
         self.decoder = decoder
         self.device = torch.device(device)
         self.capacity = capacity
         self.state = _pool(decoder.config.mamba, capacity, self.device, dtype)
+        self.step = step
 
     def state_nbytes(self) -> int:
         return self.state.nbytes() // self.capacity
@@ -350,6 +361,7 @@ class DecoderPool:
         budgets = [min(m, s.max_tokens) if s.max_tokens is not None else m for m, s in zip(max_lengths, settings)]
         generators = [self._generator(s) for s in settings]
         active = list(range(n))
+        work: MambaState | None = None  # compiled step: the active rows' states, contiguous (+ pad rows)
         while active:
             tokens = self._choose(logits, [settings[r] for r in active], [generators[r] for r in active],
                                   [len(out[r]) for r in active], eos_id)  # fmt: skip
@@ -362,14 +374,26 @@ class DecoderPool:
                 if on_token is not None:
                     on_token(r, token)
                 keep.append(j)
+            if work is not None and len(keep) < len(active):  # finished rows: their states go home
+                done = [j for j in range(len(active)) if j not in set(keep)]
+                _scatter(self.state, _index([slots[active[j]] for j in done], self.device), work.select(_index(done, self.device)))
+                if keep:
+                    work = _gather(work, _index(keep, self.device), max(len(keep), self.step.min_rows))
             if not keep:
                 break
             active = [active[j] for j in keep]
-            pads = [PAD_SLOT] * max(0, MIN_ROWS - len(active))  # pad slots: the kernels skip them
-            index = _index([slots[r] for r in active] + pads, self.device)
-            token_t = torch.tensor([out[r][-1] for r in active] + [0] * len(pads), dtype=torch.long, device=self.device)
-            x = self.decoder.embed(token_t)
-            logits = self.decoder.head(self.decoder.mamba.step(x, self.state, index))[: len(active)]
+            if self.step is None:
+                pads = [PAD_SLOT] * max(0, MIN_ROWS - len(active))  # pad slots: the kernels skip them
+                index = _index([slots[r] for r in active] + pads, self.device)
+                token_t = torch.tensor([out[r][-1] for r in active] + [0] * len(pads), dtype=torch.long, device=self.device)
+                x = self.decoder.embed(token_t)
+                logits = self.decoder.head(self.decoder.mamba.step(x, self.state, index))[: len(active)]
+                continue
+            if work is None:
+                work = _gather(self.state, _index([slots[r] for r in active], self.device), max(len(active), self.step.min_rows))
+            pads = [0] * (work.batch_size - len(active))
+            token_t = torch.tensor([out[r][-1] for r in active] + pads, dtype=torch.long, device=self.device)
+            logits = self.step(token_t, work)[: len(active)]
         return out
 
     @staticmethod
@@ -427,7 +451,7 @@ class DecoderPool:
             results.extend(beam_search(
                 self.decoder, enc, [[]], [budget], eos_id, blank_id, beam_size=s.beam_size,
                 ctc_weight=s.ctc_weight if enc is not None else 0.0, length_penalty=s.length_penalty,
-                start=(logits[i : i + 1], state),
+                start=(logits[i : i + 1], state), step=self.step,
             ))  # fmt: skip
         return results
 
