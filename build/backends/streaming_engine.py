@@ -362,6 +362,7 @@ class DecoderPool:
         generators = [self._generator(s) for s in settings]
         active = list(range(n))
         work: MambaState | None = None  # compiled step: the active rows' states, contiguous (+ pad rows)
+        min_rows = getattr(self.step, "min_rows", MIN_ROWS)
         while active:
             tokens = self._choose(logits, [settings[r] for r in active], [generators[r] for r in active],
                                   [len(out[r]) for r in active], eos_id)  # fmt: skip
@@ -375,10 +376,11 @@ class DecoderPool:
                     on_token(r, token)
                 keep.append(j)
             if work is not None and len(keep) < len(active):  # finished rows: their states go home
-                done = [j for j in range(len(active)) if j not in set(keep)]
+                kept = set(keep)
+                done = [j for j in range(len(active)) if j not in kept]
                 _scatter(self.state, _index([slots[active[j]] for j in done], self.device), work.select(_index(done, self.device)))
                 if keep:
-                    work = _gather(work, _index(keep, self.device), max(len(keep), self.step.min_rows))
+                    work = _gather(work, _index(keep, self.device), max(len(keep), min_rows))
             if not keep:
                 break
             active = [active[j] for j in keep]
@@ -390,7 +392,7 @@ class DecoderPool:
                 logits = self.decoder.head(self.decoder.mamba.step(x, self.state, index))[: len(active)]
                 continue
             if work is None:
-                work = _gather(self.state, _index([slots[r] for r in active], self.device), max(len(active), self.step.min_rows))
+                work = _gather(self.state, _index([slots[r] for r in active], self.device), max(len(active), min_rows))
             pads = [0] * (work.batch_size - len(active))
             token_t = torch.tensor([out[r][-1] for r in active] + pads, dtype=torch.long, device=self.device)
             logits = self.step(token_t, work)[: len(active)]
