@@ -13,6 +13,7 @@ the chunks like a live source: each chunk is sent when its last sample would hav
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import queue
@@ -124,9 +125,10 @@ class StreamingClient:
         self._client.start_stream(callback=lambda result, error: answers.put((time.perf_counter(), result, error)))
         sent_at: list[float] = []
         ends = np.cumsum([len(c) for c in chunks]) / spec.SAMPLE_RATE
+        next_chunk = 0
+        failed = True
         try:
             start = time.perf_counter()
-            next_chunk = 0
             received = 0
             while received < len(chunks):
                 now = time.perf_counter()
@@ -149,8 +151,18 @@ class StreamingClient:
                 text, final = parse_chunk(result)
                 yield ChunkResult(received, text, final, at - sent_at[received], float(ends[received]))
                 received += 1
+            failed = False
+        except GeneratorExit:  # the caller stopped reading: not a server failure
+            failed = False
+            raise
         finally:
-            self._client.stop_stream(cancel_requests=True)
+            if not failed and 0 < next_chunk < len(chunks):
+                # Abandoned mid-utterance: END the sequence now so its server slot is freed at once, not
+                # at the idle timeout (Triton's python backend never sees the timeout as an END).
+                with contextlib.suppress(Exception):
+                    self._send(np.zeros(0, np.float32), sid, len(chunks) - 1, len(chunks), None)
+            # A healthy stream is closed gracefully (outstanding requests answered); a failed one is cut.
+            self._client.stop_stream(cancel_requests=failed)
 
     def _send(self, chunk: np.ndarray, sid: int, index: int, total: int, prompt: str | None) -> None:
         try:

@@ -14,8 +14,9 @@ import pytest
 import tritonclient.grpc as grpcclient
 from mambaserve.build import spec
 from mambaserve.build.backends import metrics as m
-from mambaserve.clients import SessionClient
+from mambaserve.clients import SessionClient, StreamingClient
 from mambaserve.clients.request import ServerError
+from mambaserve.clients.session import Session
 from mambaserve.clients.streaming import chunk_inputs, parse_chunk
 from tritonclient.utils import InferenceServerException
 
@@ -139,3 +140,32 @@ def test_sessions_are_limited_and_reaped(small, speech_clips):
         with pytest.raises(ServerError, match=r"closed after 2 s without a request \(idle timeout\)"):
             first.generate(max_tokens=3)
         assert np.isfinite(client.open(audio).history_length)
+
+
+def test_a_stream_the_client_stops_reading_is_ended_at_once_not_reaped(small, speech_clips):
+    enc = spec.STREAMING_ENCODER
+    reaped = metric(small, m.SEQUENCES_REAPED, model=enc)
+    stream = StreamingClient(small.grpc_url).stream(speech_clips[1][1], chunk_ms=160, speed=0)
+    assert not next(stream).is_final
+    stream.close()  # the caller walks away mid-utterance
+    assert metric(small, m.SLOTS_IN_USE, model=enc) == 0  # freed by the END the client sent on close
+    assert metric(small, m.SEQUENCES_REAPED, model=enc) == reaped
+
+
+def test_sessions_cancelled_mid_generation_leave_the_server_serving(small, speech_clips):
+    """Closing a gRPC stream while tokens are being sent must not crash tritonserver (2.51 segfaults
+    when a response is sent on a cancelled stream; the model checks for cancellation before sending)."""
+    ses = spec.DECODER_SESSION
+    audio = speech_clips[0][1]
+    cancelled = metric(small, m.REJECTED, model=ses, reason="cancelled")
+    for _ in range(12):
+        client = SessionClient(small.grpc_url)
+        session = client.open(audio)
+        tokens = session.stream(max_tokens=200, min_tokens=200)
+        next(tokens)
+        client.close()  # cancels the stream with most of the tokens still to come
+        with SessionClient(small.grpc_url) as other:
+            Session(other, session.id).close()
+    assert metric(small, m.REJECTED, model=ses, reason="cancelled") > cancelled
+    with SessionClient(small.grpc_url) as client:
+        assert len(client.open(audio).generate(max_tokens=5, min_tokens=5).token_ids) == 5

@@ -168,7 +168,25 @@ class TritonPythonModel:
             values[t.name] = None if tensor is None else tensor.as_numpy()
         item.sampling = parse_sampling(values, self.defaults, vocab_size=self.config.vocab_size)
 
+    def _gone(self, item: _Item) -> bool:
+        """True once the client cancelled (e.g. closed its stream): send nothing more but the final flag.
+
+        Responses sent on a cancelled gRPC stream can crash tritonserver 2.51's frontend (a race fixed
+        upstream later), so cancellation is checked before every send; Triton still needs the flag.
+        """
+        if item.done:
+            return True
+        if item.sender.is_cancelled():
+            item.sender.send(flags=FINAL)
+            item.done = True
+            self.metrics.rejected(self.name, "cancelled")
+            return True
+        return False
+
     def _send(self, item: _Item, token: int = -1, piece: str = "", final: bool = False) -> None:
+        if self._gone(item):
+            return
+
         def s(value: str) -> np.ndarray:
             return np.array([[value.encode("utf-8")]], dtype=object)
 
@@ -186,7 +204,7 @@ class TritonPythonModel:
             item.sender.send(response)
 
     def _fail(self, item: _Item, message: str) -> None:
-        if not item.done:
+        if not self._gone(item):
             item.sender.send(pb_utils.InferenceResponse(error=pb_utils.TritonError(message)), flags=FINAL)
             item.done = True
 
