@@ -121,6 +121,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--run", default="runs/default")
     parser.add_argument("--config", default=str(CONFIG))
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="training config override")
+    parser.add_argument("--resume", action="store_true", help="continue the run's newest training checkpoint")
     parser.add_argument("--baseline-limit", type=int, default=None, help="items per set for pocketsphinx")
     args = parser.parse_args(argv)
 
@@ -146,9 +147,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     t0 = _stage("training")
     overrides = [f"train_manifest={corpus / 'train.jsonl'}", f"dev_manifest={corpus / 'dev.jsonl'}",
                  f"out_dir={run}", *args.set]  # fmt: skip
-    trainer = Trainer(load_config(args.config, overrides))
+    trainer = Trainer(load_config(args.config, overrides), resume=args.resume)
     final = trainer.fit()
-    timings["training"] = time.perf_counter() - t0
+    timings["training"] = trainer.schedule.elapsed  # counts earlier sessions of a resumed run too
 
     t0 = _stage("evaluation")
     results = {}
