@@ -45,6 +45,7 @@ def _pct(x: float | None) -> str:
 def write_model_card(out: Path, report: dict[str, Any]) -> Path:
     """MODEL_CARD.md: data, parameters, training time, and held-out WER/CER beside pocketsphinx."""
     params = report["parameters"]
+    dec = report["config"]["model"]["decoding"]
     lines = [
         "# mambaserve default checkpoint",
         "",
@@ -84,6 +85,10 @@ def write_model_card(out: Path, report: dict[str, Any]) -> Path:
         "",
         "## Results on held-out sets",
         "",
+        f"`beam`: beam search (size {dec['beam_size']}) over the decoder with joint CTC prefix scores (weight",
+        f"{dec['ctc_weight']}); `greedy`: the decoder alone; `ctc_greedy`: the encoder's CTC head alone (it ignores",
+        f"the prompt). The served default (`config.json` → `decoding`) is `{dec['method']}`.",
+        "",
         "| set | system | WER | CER | rare-word error (with prompt / without) |",
         "|---|---|---|---|---|",
     ]
@@ -108,10 +113,27 @@ def write_model_card(out: Path, report: dict[str, Any]) -> Path:
         "`python -m mambaserve.training.evaluate --checkpoint checkpoints/default --manifest data/corpus/<set>.jsonl`.",
         "",
     ]
+    if report.get("notes"):
+        lines += ["## Notes on this run", "", *[f"- {n}" for n in report["notes"]], ""]
     path = out / "MODEL_CARD.md"
     path.write_text("\n".join(lines))
     (out / "training_report.json").write_text(json.dumps(report, indent=2) + "\n")
     return path
+
+
+def _reevaluate(out: Path, corpus: Path) -> int:
+    """Evaluate ``out`` as it is now and refresh the results of its report and card (the rest is kept)."""
+    from mambaserve.training.evaluate import evaluate
+
+    report = json.loads((out / "training_report.json").read_text())
+    report["config"]["model"]["decoding"] = json.loads((out / "config.json").read_text())["decoding"]
+    t0 = time.perf_counter()
+    for name in TEST_SETS:
+        report["results"][name] = evaluate(str(out), str(corpus / f"{name}.jsonl"), progress=True)
+        print(name, json.dumps({m: report["results"][name][m] for m in ("greedy", "beam", "ctc_greedy")}))
+    report["timings"]["evaluation"] = time.perf_counter() - t0
+    print(f"model card: {write_model_card(out, report)}")
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -122,6 +144,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--config", default=str(CONFIG))
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="training config override")
     parser.add_argument("--resume", action="store_true", help="continue the run's newest training checkpoint")
+    parser.add_argument("--evaluate-only", action="store_true",
+                        help="re-run the evaluation of --out (e.g. after editing its decoding block) and rewrite its card")
     parser.add_argument("--baseline-limit", type=int, default=None, help="items per set for pocketsphinx")
     args = parser.parse_args(argv)
 
@@ -133,6 +157,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     from mambaserve.training.train import Trainer, load_config
 
     corpus, run, out = Path(args.corpus), Path(args.run), Path(args.out)
+    if args.evaluate_only:
+        return _reevaluate(out, corpus)
     timings: dict[str, float] = {}
 
     t0 = _stage("data")
@@ -140,9 +166,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if summary_path.exists() and all((corpus / f"{s}.jsonl").exists() for s in ("train", "dev", *TEST_SETS)):
         print(f"reusing {corpus} (delete it to regenerate)")
         data = json.loads(summary_path.read_text())
+        timings["data synthesis (corpus reused)"] = time.perf_counter() - t0
     else:
         data = build_corpus(corpus)
-    timings["data synthesis"] = time.perf_counter() - t0
+        timings["data synthesis"] = time.perf_counter() - t0
 
     t0 = _stage("training")
     overrides = [f"train_manifest={corpus / 'train.jsonl'}", f"dev_manifest={corpus / 'dev.jsonl'}",
