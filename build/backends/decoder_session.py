@@ -87,7 +87,8 @@ class TritonPythonModel:
         self.tokenizer = self.recognizer.tokenizer
         d = config.decoding
         method = parameter(args, "decoding_method") or d.method
-        self.defaults = Sampling(method=method, beam_size=d.beam_size, length_penalty=d.length_penalty)
+        self.defaults = Sampling(method=method, beam_size=d.beam_size, ctc_weight=d.ctc_weight,
+                                 length_penalty=d.length_penalty)
         capacity = int_parameter(args, "max_sessions", spec.SESSION_SLOTS)
         batch = max(1, int(self._config_value(args, "max_batch_size", spec.MAX_BATCH_SIZE)))
         dtype = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[
@@ -100,6 +101,9 @@ class TritonPythonModel:
         self.work = DecoderPool(model.decoder, batch, self.device, step=compiled)  # one row per request generating
         self.history = [0] * capacity
         self.frames = [0] * capacity
+        # CTC log-probs of each session's audio: beam search adds their prefix scores (the checkpoint's
+        # ctc_weight), as offline `asr` does; [frames, vocab] floats, a few KB per session.
+        self.ctc: list = [None] * capacity
         self.min_samples = config.features.win_length
         self.metrics = Metrics()
         self.metrics.declare(
@@ -267,6 +271,7 @@ class TritonPythonModel:
             for it, r in zip(starts, out):
                 self.history[it.slot] = r.prefix.shape[0]
                 self.frames[it.slot] = r.frames_total
+                self.ctc[it.slot] = r.ctc_logprobs
             self.metrics.audio_seconds(self.name, sum(it.audio.size for it in starts) / spec.SAMPLE_RATE)
         with_context = [it for it in group if it.context]
         if with_context:
@@ -298,7 +303,8 @@ class TritonPythonModel:
             )  # fmt: skip
         for j, it in enumerate(generating):
             if it.sampling.method == BEAM:
-                ids = self.work.beam([rows[j]], logits[j : j + 1], [settings[j]], [budgets[j]], eos, self.config.blank_id)[0]
+                ids = self.work.beam([rows[j]], logits[j : j + 1], [settings[j]], [budgets[j]], eos, self.config.blank_id,
+                                     [self.ctc[it.slot]])[0]  # fmt: skip
                 for token in ids:
                     self._token(it, token)
         self.metrics.tokens(self.name, sum(len(it.ids) for it in generating))
