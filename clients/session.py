@@ -126,11 +126,14 @@ class SessionClient:
         if target is not None:
             target.put((time.perf_counter(), result, error))
 
-    def close(self) -> None:
+    def close(self, cancel: bool = False) -> None:
+        """Close the stream. By default the server first finishes what is in flight; ``cancel=True``
+        cancels it (the server stops generating). Cancelling while a decoupled model is still sending
+        can crash tritonserver 2.51 (a server race, see build/STREAMING.md), so it is opt-in."""
         with self._lock:
             client, self._grpc = self._grpc, None
         if client is not None:
-            client.stop_stream(cancel_requests=True)
+            client.stop_stream(cancel_requests=cancel)
             client.close()
 
     def __enter__(self) -> SessionClient:

@@ -161,9 +161,9 @@ def test_sessions_cancelled_mid_generation_leave_the_server_serving(small, speec
     for _ in range(12):
         client = SessionClient(small.grpc_url)
         session = client.open(audio)
-        tokens = session.stream(max_tokens=200, min_tokens=200)
+        tokens = session.stream(method="greedy", max_tokens=200, min_tokens=200)
         next(tokens)
-        client.close()  # cancels the stream with most of the tokens still to come
+        client.close(cancel=True)  # cancels the stream with most of the tokens still to come
         with SessionClient(small.grpc_url) as other:
             Session(other, session.id).close()
     assert metric(small, m.REJECTED, model=ses, reason="cancelled") > cancelled
