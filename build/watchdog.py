@@ -28,6 +28,8 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from mambaserve.build.stubs import proc_stat, stub_model
+
 NOT_EXPLICIT = "explicit model load / unload is not allowed"
 OPERATOR_ACTION = ("restart tritonserver (or run it with --model-control-mode=explicit --load-model=* so that "
                    "the watchdog can reload the model)")
@@ -41,35 +43,16 @@ class Event:
     detail: str = ""
 
 
-def _stat(pid: int) -> list[str] | None:
-    try:
-        raw = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return raw[raw.rindex(")") + 2 :].split()
-
-
-def _stub_model(pid: int) -> str | None:
-    try:
-        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-    except OSError:
-        return None
-    if len(argv) < 2 or not argv[0].endswith(b"triton_python_backend_stub"):
-        return None
-    parts = Path(argv[1].decode(errors="replace")).parts  # <repo>/<model>/<version>/model.py
-    return parts[-3] if len(parts) >= 3 else None
-
-
 def live_stubs(server_pid: int) -> dict[str, set[int]]:
     """{model: pids of its stub processes that are alive (not zombies)} among the server's children."""
     out: dict[str, set[int]] = {}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
-        fields = _stat(int(entry.name))
+        fields = proc_stat(int(entry.name))
         if not fields or int(fields[1]) != server_pid or fields[0] in ("Z", "X"):
             continue
-        model = _stub_model(int(entry.name))
+        model = stub_model(int(entry.name))
         if model:
             out.setdefault(model, set()).add(int(entry.name))
     return out
@@ -179,7 +162,7 @@ class Watchdog:
     def run(self) -> None:
         """Check every `interval` seconds until stop(); the first check learns the healthy stubs."""
         while True:
-            if _stat(self.server_pid) is None:
+            if proc_stat(self.server_pid) is None:
                 self.log("[watchdog] tritonserver exited")
                 return
             try:

@@ -12,40 +12,21 @@ import os
 from collections import defaultdict
 from pathlib import Path
 
+from mambaserve.build.stubs import proc_stat, stub_model
+
 SERVER = "tritonserver"
 _TICK = os.sysconf("SC_CLK_TCK")
 _PAGE = os.sysconf("SC_PAGE_SIZE")
-
-
-def _stat(pid: int) -> list[str] | None:
-    try:
-        raw = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    # the command name (field 2) may contain spaces: split after its closing parenthesis
-    return raw[raw.rindex(")") + 2 :].split()
 
 
 def _children(pid: int) -> list[int]:
     kids = []
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
-            fields = _stat(int(entry.name))
+            fields = proc_stat(int(entry.name))
             if fields and int(fields[1]) == pid:
                 kids.append(int(entry.name))
     return kids
-
-
-def stub_model(pid: int) -> str | None:
-    """The model a stub process serves (from its argv[1], `<repo>/<model>/<version>/model.py`)."""
-    try:
-        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-    except OSError:
-        return None
-    if len(argv) < 2 or not argv[0].endswith(b"triton_python_backend_stub"):
-        return None
-    parts = Path(argv[1].decode(errors="replace")).parts
-    return parts[-3] if len(parts) >= 3 else None
 
 
 def server_processes(server_pid: int) -> dict[str, list[int]]:
@@ -71,14 +52,14 @@ def cpu_seconds(pids: list[int]) -> float:
     """User + system CPU time of these processes (not their children)."""
     total = 0
     for pid in pids:
-        fields = _stat(pid)
+        fields = proc_stat(pid)
         if fields:
             total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14, 15 of stat)
     return total / _TICK
 
 
 def is_zombie(pid: int) -> bool:
-    fields = _stat(pid)
+    fields = proc_stat(pid)
     return fields is None or fields[0] in ("Z", "X")
 
 
