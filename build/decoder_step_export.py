@@ -24,8 +24,8 @@ from pathlib import Path
 import numpy as np
 import torch
 from mambaserve.build import spec
-from mambaserve.build.errors import BuildError, ParityError
-from mambaserve.build.onnx_export import relative_error
+from mambaserve.build.errors import ParityError
+from mambaserve.build.onnx_export import dynamo_export, relative_error
 from torch import Tensor, nn
 
 TRACE_BATCH = 3
@@ -54,25 +54,11 @@ def export_decoder_step(module: nn.Module, path: str | Path) -> Path:
     tokens = torch.randint(0, decoder.embed.num_embeddings, (TRACE_BATCH,), generator=g)
     conv, ssm = _state(decoder, TRACE_BATCH, g)
     batch = torch.export.Dim("batch")
-    try:
-        program = torch.onnx.export(
-            module.eval(),
-            (tokens, conv, ssm),
-            dynamo=True,
-            input_names=[t.name for t in spec.DECODER_STEP_INPUTS],
-            output_names=[t.name for t in spec.DECODER_STEP_OUTPUTS],
-            dynamic_shapes={"tokens": {0: batch}, "conv_state": {1: batch}, "ssm_state": {1: batch}},
-            opset_version=18,
-            external_data=False,
-            verbose=False,
-        )
-        program.save(str(path), external_data=False)
-    except Exception as e:  # the exporter raises many types; the build reports them as one failure
-        raise BuildError(f"ONNX export of the decoder step failed: {type(e).__name__}: {e}") from e
-    import onnx
-
-    onnx.checker.check_model(str(path))
-    return path
+    return dynamo_export(module, (tokens, conv, ssm), path,
+                         input_names=[t.name for t in spec.DECODER_STEP_INPUTS],
+                         output_names=[t.name for t in spec.DECODER_STEP_OUTPUTS],
+                         dynamic_shapes={"tokens": {0: batch}, "conv_state": {1: batch}, "ssm_state": {1: batch}},
+                         what="the decoder step")  # fmt: skip
 
 
 @dataclass(frozen=True)

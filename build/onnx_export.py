@@ -64,20 +64,32 @@ def export_onnx(module: nn.Module, path: str | Path, *, n_mels: int, trace_shape
     args = example(*trace_shape, n_mels)
     batch = torch.export.Dim("batch", min=1, max=spec.MAX_BATCH_SIZE)
     frames = torch.export.Dim.DYNAMIC
+    return dynamo_export(module, args, path, input_names=list(INPUT_NAMES), output_names=list(OUTPUT_NAMES),
+                         dynamic_shapes={"features": {0: batch, 1: frames}, "feature_lengths": {0: batch}},
+                         what="the encoder")  # fmt: skip
+
+
+def dynamo_export(module: nn.Module, args: tuple, path: Path, *, input_names: list[str], output_names: list[str],
+                  dynamic_shapes: dict, what: str) -> Path:  # fmt: skip
+    """The build's one ONNX export recipe: dynamo, opset 18, one self-contained file, checked by onnx.
+
+    Any exporter failure becomes a BuildError naming ``what`` was exported.
+    """
     try:
         program = torch.onnx.export(
-            module,
+            module.eval(),
             args,
             dynamo=True,
-            input_names=list(INPUT_NAMES),
-            output_names=list(OUTPUT_NAMES),
-            dynamic_shapes={"features": {0: batch, 1: frames}, "feature_lengths": {0: batch}},
+            input_names=input_names,
+            output_names=output_names,
+            dynamic_shapes=dynamic_shapes,
             opset_version=18,
             external_data=False,
+            verbose=False,
         )
         program.save(str(path), external_data=False)
     except Exception as e:  # the exporter raises many types; the build reports them as one failure
-        raise BuildError(f"ONNX export of the encoder failed: {type(e).__name__}: {e}") from e
+        raise BuildError(f"ONNX export of {what} failed: {type(e).__name__}: {e}") from e
     import onnx
 
     onnx.checker.check_model(str(path))
