@@ -573,6 +573,20 @@ def _resolve_repository(args, log) -> tuple[Path, Path | None, bool]:
     return repo, ckpt, random_ckpt
 
 
+def bench_server(args, log):
+    """A tritonserver on free local ports serving the bench repository (built if needed), not yet started.
+
+    Returns (server, checkpoint, random checkpoint?); shared by the report, the soak and the streaming bench.
+    """
+    from mambaserve.build.server import TritonServer, free_port
+
+    repo, ckpt, random_ckpt = _resolve_repository(args, log)
+    server = TritonServer(repo, http_port=free_port(), grpc_port=free_port(), metrics_port=free_port(),
+                          startup_timeout=600)  # fmt: skip
+    log(f"starting tritonserver on {repo} ...")
+    return server, ckpt, random_ckpt
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m mambaserve.loadtest.report", description=__doc__.splitlines()[0])
     parser.add_argument("--repository", default=None, help="model repository to serve (default: build one under .cache/bench)")
@@ -604,12 +618,8 @@ def main(argv: list[str] | None = None) -> int:
                                    Path(args.checkpoint) if args.checkpoint else None, False)
         http_url, grpc_url, pid, metrics_url = args.http_url, args.grpc_url, None, args.metrics_url
     else:
-        from mambaserve.build.server import TritonServer, free_port
-
-        repo, ckpt, random_ckpt = _resolve_repository(args, log)
-        server = TritonServer(repo, http_port=free_port(), grpc_port=free_port(), metrics_port=free_port(),
-                              startup_timeout=600)
-        log(f"starting tritonserver on {repo} ...")
+        server, ckpt, random_ckpt = bench_server(args, log)
+        repo = server.repository
         server.start()
         http_url, grpc_url, pid, metrics_url = server.http_url, server.grpc_url, server.pid, server.metrics_url
     try:

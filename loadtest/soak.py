@@ -25,7 +25,7 @@ from pathlib import Path
 
 from mambaserve.build import spec
 from mambaserve.loadtest import procs
-from mambaserve.loadtest.report import OUT, _commit, _machine, _now, _resolve_repository, write_section
+from mambaserve.loadtest.report import OUT, _commit, _machine, _now, bench_server, write_section
 
 RSS_GOAL = 0.05
 
@@ -90,7 +90,6 @@ def main(argv: list[str] | None = None) -> int:
     if args.minutes <= 0 or args.users < 1:
         parser.error("--minutes must be > 0 and --users >= 1")
 
-    from mambaserve.build.server import TritonServer, free_port
     from mambaserve.clients import ASRClient
     from mambaserve.loadtest.clips import default_manifest, load_clips
     from mambaserve.loadtest.run import format_table, run_locust
@@ -102,10 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     manifest = Path(args.manifest) if args.manifest else default_manifest()
     clips = load_clips(manifest, limit=args.clips, prompts=False)
-    repo, ckpt, random_ckpt = _resolve_repository(args, log)
-    server = TritonServer(repo, http_port=free_port(), grpc_port=free_port(), metrics_port=free_port(),
-                          startup_timeout=600)
-    log(f"starting tritonserver on {repo} ...")
+    server, ckpt, random_ckpt = bench_server(args, log)
     with server, tempfile.TemporaryDirectory() as tmp:
         import soundfile as sf
 

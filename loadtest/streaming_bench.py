@@ -342,13 +342,9 @@ def main(argv: list[str] | None = None) -> int:
         checkpoint = Path(args.checkpoint) if args.checkpoint else None
         random_model = False
     else:
-        from mambaserve.build.server import TritonServer, free_port
-        from mambaserve.loadtest.report import _resolve_repository
+        from mambaserve.loadtest.report import bench_server
 
-        repo, checkpoint, random_model = _resolve_repository(args, _log)
-        server = TritonServer(repo, http_port=free_port(), grpc_port=free_port(), metrics_port=free_port(),
-                              startup_timeout=600)
-        _log(f"starting tritonserver on {repo} ...")
+        server, checkpoint, random_model = bench_server(args, _log)
         server.start()
         grpc_url, http_url, pid = server.grpc_url, server.http_url, server.pid
     results: dict = {}
