@@ -101,9 +101,11 @@ class TritonPythonModel:
         self.work = DecoderPool(model.decoder, batch, self.device, step=compiled)  # one row per request generating
         self.history = [0] * capacity
         self.frames = [0] * capacity
-        # CTC log-probs of each session's audio: beam search adds their prefix scores (the checkpoint's
-        # ctc_weight), as offline `asr` does; [frames, vocab] floats, a few KB per session.
+        # CTC log-probs of each session's audio, kept only when the checkpoint's ctc_weight > 0: beam search
+        # adds their prefix scores, as offline `asr` does; [frames, vocab] floats, a few KB per session,
+        # dropped at END (a reaped session's are replaced when its slot is reused).
         self.ctc: list = [None] * capacity
+        self.keep_ctc = d.ctc_weight > 0
         self.min_samples = config.features.win_length
         self.metrics = Metrics()
         self.metrics.declare(
@@ -246,11 +248,13 @@ class TritonPythonModel:
                 except Exception as e:  # this group's sessions are in an unknown state: close them
                     for it in group:
                         self.pool.end(it.seq.key)
+                        self.ctc[it.slot] = None
                         self._fail(it, f"session {it.seq.key!r} failed and was closed: {type(e).__name__}: {e}")
                     self.metrics.rejected(self.name, "decode_error", len(group))
         for it in items:
             if it.seq.end:
                 self.pool.end(it.seq.key)
+                self.ctc[it.slot] = None
         return None
 
     # -- the work --------------------------------------------------------------------------------
@@ -271,7 +275,7 @@ class TritonPythonModel:
             for it, r in zip(starts, out):
                 self.history[it.slot] = r.prefix.shape[0]
                 self.frames[it.slot] = r.frames_total
-                self.ctc[it.slot] = r.ctc_logprobs
+                self.ctc[it.slot] = r.ctc_logprobs if self.keep_ctc else None
             self.metrics.audio_seconds(self.name, sum(it.audio.size for it in starts) / spec.SAMPLE_RATE)
         with_context = [it for it in group if it.context]
         if with_context:
