@@ -113,9 +113,14 @@ class BuildResult:
 
 
 def checkpoint_digest(path: str | Path) -> str:
-    """sha256 over the files of a checkpoint directory (names and contents, sorted)."""
+    """sha256 over what defines the model: weights, config and tokenizer (names and contents).
+
+    Documentation beside them (a model card, a training report) does not make a built repository stale.
+    """
+    from mambaserve.training.checkpoint import CONFIG, TOKENIZER, WEIGHTS
+
     h = hashlib.sha256()
-    for f in sorted(p for p in Path(path).iterdir() if p.is_file()):
+    for f in sorted(Path(path) / name for name in (WEIGHTS, CONFIG, TOKENIZER) if (Path(path) / name).is_file()):
         h.update(f.name.encode() + b"\0")
         with open(f, "rb") as fh:
             for chunk in iter(lambda: fh.read(1 << 20), b""):
