@@ -40,7 +40,7 @@ system-deps:
 	fi
 
 demo: venv
-	$(PY) -m mambaserve.build.demo --checkpoint $(CHECKPOINT) --repository $(REPO)
+	$(PY) -m mambaserve.demo --checkpoint $(CHECKPOINT) --repository $(REPO)
 
 test: venv system-deps
 	$(PY) -m pytest -m "not slow" -q
@@ -64,7 +64,7 @@ repo: venv
 	$(PY) -m mambaserve.build --checkpoint $(CHECKPOINT) --out $(REPO)
 
 serve: venv
-	$(PY) -m mambaserve.build.server --repository $(REPO)
+	$(PY) -m mambaserve.serving.server --repository $(REPO)
 
 bench: venv system-deps
 	$(PY) -m mambaserve.loadtest.streaming_bench

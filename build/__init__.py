@@ -1,1 +1,2 @@
-"""Checkpoint -> Triton model repository, the tritonserver launcher and the demo (`python -m mambaserve.build`)."""
+"""Build scripts (`mambaserve.build`): checkpoint -> ONNX export with parity gates, config.pbtxt files
+generated from the contract, the model repository, its verification (`python -m mambaserve.build`)."""

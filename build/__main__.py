@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from mambaserve.build import spec
 from mambaserve.build.errors import BuildError
+from mambaserve.contract import spec
 
 MODELS = (spec.FEATURE_EXTRACTOR, spec.ENCODER, spec.DECODER)
 STREAMING_MODELS = (spec.STREAMING_ENCODER, spec.STREAMING_DECODER)

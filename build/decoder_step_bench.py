@@ -24,7 +24,7 @@ from pathlib import Path
 def measure(decoder, steps: dict, batch: int, tokens: int, repeats: int, seed: int = 0) -> dict[str, list[float]]:
     """ms per decode step of each named step function, `repeats` alternating runs each."""
     import torch
-    from mambaserve.training.search import greedy_search
+    from mambaserve.model.search import greedy_search
 
     g = torch.Generator().manual_seed(seed)
     d, vocab = decoder.config.mamba.d_model, decoder.embed.num_embeddings
@@ -54,15 +54,15 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     import torch
-    from mambaserve.training.checkpoint import load_checkpoint
-    from mambaserve.training.onnx_step import OnnxDecodeStep
+    from mambaserve.model.checkpoint import load_checkpoint
+    from mambaserve.model.onnx_step import OnnxDecodeStep
 
     torch.set_num_threads(1)
     decoder = load_checkpoint(args.checkpoint).model.decoder.eval()
     path = args.step_onnx
     if path is None:
-        from mambaserve.build.decoder_step_export import export_decoder_step
-        from mambaserve.training.export import DecoderStepForExport
+        from mambaserve.build.export.decoder_step import export_decoder_step
+        from mambaserve.build.export.modules import DecoderStepForExport
 
         path = Path(tempfile.mkdtemp(prefix="decoder-step-")) / "decoder_step.onnx"
         export_decoder_step(DecoderStepForExport(decoder), path)

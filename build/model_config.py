@@ -1,4 +1,4 @@
-"""config.pbtxt generation: ModelSpec (build/spec.py) -> ModelConfig protobuf -> text.
+"""config.pbtxt generation: ModelSpec (contract/spec.py) -> ModelConfig protobuf -> text.
 
 Configs are built as `tritonclient.grpc.model_config_pb2.ModelConfig` messages and printed with
 `google.protobuf.text_format`, so every field name and enum is checked by the schema when the config
@@ -11,7 +11,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from google.protobuf import text_format
-from mambaserve.build.spec import EnsembleStep, ModelSpec, TensorSpec
+from mambaserve.contract.spec import EnsembleStep, ModelSpec, TensorSpec
 from tritonclient.grpc import model_config_pb2 as pb
 
 KINDS = ("KIND_CPU", "KIND_GPU")

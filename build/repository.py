@@ -21,22 +21,23 @@ from pathlib import Path
 
 import numpy as np
 from mambaserve.build import model_config as mc
-from mambaserve.build import spec
-from mambaserve.build.backends.common import CHECKPOINT_DIR
 from mambaserve.build.errors import BuildError
 from mambaserve.build.versioning import BUILD_INFO, next_version
+from mambaserve.contract import spec
+from mambaserve.serving.backends.common import CHECKPOINT_DIR
 
-BUILD_FORMAT = 3
+BUILD_FORMAT = 4
 """Bumped when the repository layout changes, so that `make demo` rebuilds an older repository.
-3: decoder_step.onnx beside every python model that decodes."""
+3: decoder_step.onnx beside every python model that decodes. 4: the model.py shims import
+`mambaserve.serving.backends` (the backends left `mambaserve.build`)."""
 
 PYTHON_MODELS = {
-    spec.FEATURE_EXTRACTOR: ("mambaserve.build.backends.feature_extractor", ("features",)),
-    spec.DECODER: ("mambaserve.build.backends.decoder", ("decoder",)),
-    spec.STREAMING_ENCODER: ("mambaserve.build.backends.streaming_encoder", ("features", "encoder", "ctc_head", "bridge")),
-    spec.STREAMING_DECODER: ("mambaserve.build.backends.streaming_decoder", ("decoder",)),
+    spec.FEATURE_EXTRACTOR: ("mambaserve.serving.backends.feature_extractor", ("features",)),
+    spec.DECODER: ("mambaserve.serving.backends.decoder", ("decoder",)),
+    spec.STREAMING_ENCODER: ("mambaserve.serving.backends.streaming_encoder", ("features", "encoder", "ctc_head", "bridge")),
+    spec.STREAMING_DECODER: ("mambaserve.serving.backends.streaming_decoder", ("decoder",)),
     spec.DECODER_SESSION: (
-        "mambaserve.build.backends.decoder_session", ("features", "encoder", "ctc_head", "bridge", "decoder")
+        "mambaserve.serving.backends.decoder_session", ("features", "encoder", "ctc_head", "bridge", "decoder")
     ),
 }
 """python model -> (library module with its TritonPythonModel, checkpoint parts it needs)."""
@@ -117,7 +118,7 @@ def checkpoint_digest(path: str | Path) -> str:
 
     Documentation beside them (a model card, a training report) does not make a built repository stale.
     """
-    from mambaserve.training.checkpoint import CONFIG, TOKENIZER, WEIGHTS
+    from mambaserve.model.checkpoint import CONFIG, TOKENIZER, WEIGHTS
 
     h = hashlib.sha256()
     for f in sorted(Path(path) / name for name in (WEIGHTS, CONFIG, TOKENIZER) if (Path(path) / name).is_file()):
@@ -170,17 +171,19 @@ def build_repository(
     """Build new versions of every model of the repository `out` from `checkpoint`.
 
     `exporter(module, path, n_mels=...)` writes the encoder's ONNX file (default
-    :func:`mambaserve.build.onnx_export.export_onnx`); its result must pass the parity check.
+    :func:`mambaserve.build.export.encoder.export_onnx`); its result must pass the parity check.
     Raises :class:`BuildError` (nothing written to `out`) when any step fails.
     """
 
-    from mambaserve.build import decoder_step_export, onnx_export, tensorrt_engine
+    from mambaserve.build import tensorrt_engine
+    from mambaserve.build.export import decoder_step as step_export
+    from mambaserve.build.export import encoder as encoder_export
+    from mambaserve.build.export.modules import DecoderStepForExport, EncoderForExport, TritonEncoder
     from mambaserve.build.verify import check_wiring
-    from mambaserve.training.checkpoint import load_checkpoint, save_checkpoint
-    from mambaserve.training.export import DecoderStepForExport, EncoderForExport
+    from mambaserve.model.checkpoint import load_checkpoint, save_checkpoint
 
     options = options or BuildOptions()
-    exporter = exporter or onnx_export.export_onnx
+    exporter = exporter or encoder_export.export_onnx
     started = time.monotonic()
     checkpoint, out = Path(checkpoint), Path(out)
     steps = _Steps(10 if options.verify_load else 9, log)
@@ -201,7 +204,7 @@ def build_repository(
 
     staging = Path(tempfile.mkdtemp(prefix="mambaserve-build-"))
     try:
-        encoder_module = onnx_export.TritonEncoder(EncoderForExport(ckpt.model)).eval()
+        encoder_module = TritonEncoder(EncoderForExport(ckpt.model)).eval()
         enc_dir = staging / spec.ENCODER / str(versions[spec.ENCODER])
         enc_dir.mkdir(parents=True)
         onnx_path = enc_dir / "model.onnx"
@@ -215,12 +218,12 @@ def build_repository(
             raise BuildError(f"ONNX export of the encoder failed: {type(e).__name__}: {e}") from e
         log(f"      {onnx_path.name}: {onnx_path.stat().st_size / 1e6:.1f} MB")
 
-        steps.start(f"checking ONNX against PyTorch at (batch, frames) {list(onnx_export.PARITY_SHAPES)}")
-        parity = onnx_export.check_parity(
+        steps.start(f"checking ONNX against PyTorch at (batch, frames) {list(encoder_export.PARITY_SHAPES)}")
+        parity = encoder_export.check_parity(
             onnx_path, encoder_module, n_mels=n_mels,
-            trace_shape=onnx_export.TRACE_SHAPE if exporter is onnx_export.export_onnx else None,
+            trace_shape=encoder_export.TRACE_SHAPE if exporter is encoder_export.export_onnx else None,
             progress=lambda r: log(
-                f"      batch={r.batch} frames={r.frames}: max relative error {r.worst:.2e} (limit {onnx_export.RTOL:g})"
+                f"      batch={r.batch} frames={r.frames}: max relative error {r.worst:.2e} (limit {encoder_export.RTOL:g})"
             ),
         )  # fmt: skip
 
@@ -243,18 +246,18 @@ def build_repository(
 
         steps.start(
             f"exporting the decoder's decode step to ONNX and checking it against PyTorch (batches "
-            f"{list(decoder_step_export.PARITY_BATCHES)}, a {decoder_step_export.ROLLOUT_STEPS}-token greedy rollout)"
+            f"{list(step_export.PARITY_BATCHES)}, a {step_export.ROLLOUT_STEPS}-token greedy rollout)"
         )
         step_path = staging / spec.DECODER_STEP_FILE
-        decoder_step_export.export_decoder_step(DecoderStepForExport(ckpt.model.decoder), step_path)
-        decoder_step_export.check_step_parity(
+        step_export.export_decoder_step(DecoderStepForExport(ckpt.model.decoder), step_path)
+        step_export.check_step_parity(
             step_path, ckpt.model.decoder,
-            progress=lambda r: log(f"      batch={r.batch}: max relative error {r.worst:.2e} (limit {decoder_step_export.RTOL:g})"),
+            progress=lambda r: log(f"      batch={r.batch}: max relative error {r.worst:.2e} (limit {step_export.RTOL:g})"),
         )  # fmt: skip
-        rollout = decoder_step_export.check_rollout_parity(step_path, ckpt.model.decoder)
+        rollout = step_export.check_rollout_parity(step_path, ckpt.model.decoder)
         log(f"      greedy rollout, {rollout.batch} random prefixes x {rollout.steps} tokens: same tokens"
             f"{f' (up to {rollout.ties} exact ties)' if rollout.ties else ''}, logits max relative error "
-            f"{rollout.worst_logits:.2e} (limit {decoder_step_export.ROLLOUT_RTOL:g}); "
+            f"{rollout.worst_logits:.2e} (limit {step_export.ROLLOUT_RTOL:g}); "
             f"{spec.DECODER_STEP_FILE}: {step_path.stat().st_size / 1e6:.1f} MB")  # fmt: skip
 
         steps.start(f"packaging the python models ({', '.join(PYTHON_MODELS)}): weights, tokenizer, config")
@@ -298,8 +301,8 @@ def build_repository(
 
         if options.verify_load:
             steps.start("loading every model in a real tritonserver")
-            from mambaserve.build.server import ServerError
             from mambaserve.build.verify import check_loads
+            from mambaserve.serving.server import ServerError
 
             try:
                 loaded = check_loads(staging)
@@ -466,19 +469,21 @@ def _stateful_configs(specs, options: BuildOptions) -> dict:
 
 def _check_engine(plan: Path, onnx_path: Path, n_mels: int, fp16: bool, log: Log) -> None:
     """TensorRT vs ONNX Runtime on a few shapes (looser limits: TF32/FP16 arithmetic on the GPU)."""
-    from mambaserve.build import onnx_export, tensorrt_engine
+    from mambaserve.build import tensorrt_engine
+    from mambaserve.build.export import encoder as encoder_export
+    from mambaserve.build.export.graph import relative_error
 
     limit = 2e-2 if fp16 else 2e-3
     for batch, frames in ((1, 64), (3, 256), (2, 704)):
-        feats, lengths = onnx_export.example(batch, frames, n_mels, seed=2)
-        expected = onnx_export.run_onnx(onnx_path, feats.numpy(), lengths.numpy())
+        feats, lengths = encoder_export.example(batch, frames, n_mels, seed=2)
+        expected = encoder_export.run_onnx(onnx_path, feats.numpy(), lengths.numpy())
         actual = tensorrt_engine.run_engine(
-            plan, {onnx_export.INPUT_NAMES[0]: feats.numpy(), onnx_export.INPUT_NAMES[1]: lengths.numpy()},
-            onnx_export.OUTPUT_NAMES,
+            plan, {encoder_export.INPUT_NAMES[0]: feats.numpy(), encoder_export.INPUT_NAMES[1]: lengths.numpy()},
+            encoder_export.OUTPUT_NAMES,
         )  # fmt: skip
         errors = {
-            name: onnx_export.relative_error(a.astype(np.float32), b)
-            for name, a, b in zip(onnx_export.OUTPUT_NAMES, actual, expected)
+            name: relative_error(a.astype(np.float32), b)
+            for name, a, b in zip(encoder_export.OUTPUT_NAMES, actual, expected)
         }
         worst = max(errors.values())
         log(f"      TensorRT vs ONNX batch={batch} frames={frames}: max relative error {worst:.2e} (limit {limit:g})")

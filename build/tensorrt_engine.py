@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from mambaserve.build import spec
+from mambaserve.contract import spec
 
 PLAN_FILENAME = "model.plan"
 

@@ -177,9 +177,9 @@ def check_wiring(repository: str | Path) -> list[str]:
 def check_loads(repository: str | Path, timeout: float = 300.0, log_path: str | Path | None = None) -> dict[str, str]:
     """Start a real tritonserver on `repository`; return {model: ready version}.
 
-    Raises :class:`mambaserve.build.server.ModelLoadError` naming each model that failed and why.
+    Raises :class:`mambaserve.serving.server.ModelLoadError` naming each model that failed and why.
     """
-    from mambaserve.build.server import ModelLoadError, TritonServer, free_port
+    from mambaserve.serving.server import ModelLoadError, TritonServer, free_port
 
     with TritonServer(
         repository,

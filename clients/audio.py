@@ -13,7 +13,7 @@ from typing import BinaryIO
 import numpy as np
 import soundfile as sf
 import soxr
-from mambaserve.build.spec import SAMPLE_RATE
+from mambaserve.contract.spec import SAMPLE_RATE
 
 AudioSource = str | os.PathLike | bytes | bytearray | memoryview | BinaryIO
 

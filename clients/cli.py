@@ -13,8 +13,8 @@ import json
 import sys
 from collections.abc import Sequence
 
-from mambaserve.build import spec
 from mambaserve.clients.request import DEFAULT_URLS, PROTOCOLS, Transcription
+from mambaserve.contract import spec
 
 
 def positive_int(text: str) -> int:

@@ -20,7 +20,6 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from contextlib import suppress
 
 import numpy as np
-from mambaserve.build import spec
 from mambaserve.clients.request import (
     DEFAULT_URLS,
     ASRError,
@@ -35,6 +34,7 @@ from mambaserve.clients.request import (
     prepare_audio,
     translate_error,
 )
+from mambaserve.contract import spec
 
 __all__ = [
     "ASRClient",

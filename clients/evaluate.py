@@ -19,9 +19,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from mambaserve.build import spec
 from mambaserve.clients.cli import positive_float, positive_int
 from mambaserve.clients.request import DEFAULT_URLS, PROTOCOLS, Transcription
+from mambaserve.contract import spec
+from mambaserve.model.scoring import score
 from tqdm import tqdm
 
 
@@ -98,19 +99,6 @@ def read_manifest(path: str | os.PathLike, limit: int | None = None,
             entries.append(ManifestEntry(str(row.get("id", f"line{lineno}")), audio, row["text"],
                                          None if duration is None else float(duration), prompt))
     return entries
-
-
-def score(references: Sequence[str], hypotheses: Sequence[str]) -> tuple[float, float]:
-    """Corpus WER and CER after `normalize_text` on both sides (the same rule training used)."""
-    import jiwer
-    from mambaserve.training.text_norm import normalize_text
-
-    if len(references) != len(hypotheses) or not references:
-        raise ValueError(f"score needs equal, non-zero numbers of references and hypotheses, "
-                         f"got {len(references)} and {len(hypotheses)}")
-    refs = [normalize_text(r) for r in references]
-    hyps = [normalize_text(h) for h in hypotheses]
-    return float(jiwer.wer(refs, hyps)), float(jiwer.cer(refs, hyps))
 
 
 def evaluate(client, entries: Sequence[ManifestEntry], concurrency: int = 4,

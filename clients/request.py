@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from types import ModuleType
 
 import numpy as np
-from mambaserve.build import spec
 from mambaserve.clients.audio import AudioSource, load_audio
+from mambaserve.contract import spec
 from tritonclient.utils import InferenceServerException
 
 PROTOCOLS = ("grpc", "http")

@@ -25,7 +25,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
-from mambaserve.build import spec
 from mambaserve.clients.request import (
     DEFAULT_URLS,
     AudioInput,
@@ -36,6 +35,7 @@ from mambaserve.clients.request import (
     translate_error,
 )
 from mambaserve.clients.streaming import new_sequence_id
+from mambaserve.contract import spec
 
 _REQUEST_IDS = itertools.count(1)
 _NUMPY = {"INT32": np.int32, "INT64": np.int64, "FP32": np.float32, "BYTES": np.object_}
@@ -129,7 +129,7 @@ class SessionClient:
     def close(self, cancel: bool = False) -> None:
         """Close the stream. By default the server first finishes what is in flight; ``cancel=True``
         cancels it (the server stops generating). Cancelling while a decoupled model is still sending
-        can crash tritonserver 2.51 (a server race, see build/STREAMING.md), so it is opt-in."""
+        can crash tritonserver 2.51 (a server race, see serving/STREAMING.md), so it is opt-in."""
         with self._lock:
             client, self._grpc = self._grpc, None
         if client is not None:

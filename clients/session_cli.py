@@ -10,9 +10,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from mambaserve.build import spec
 from mambaserve.clients.cli import positive_float
 from mambaserve.clients.request import DEFAULT_URLS, PROTOCOLS, ASRError
+from mambaserve.contract import spec
 
 
 def build_parser() -> argparse.ArgumentParser:

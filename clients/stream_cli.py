@@ -13,9 +13,9 @@ import sys
 from collections.abc import Sequence
 
 import numpy as np
-from mambaserve.build import spec
 from mambaserve.clients.cli import positive_float
 from mambaserve.clients.request import DEFAULT_URLS, ASRError
+from mambaserve.contract import spec
 
 
 def build_parser() -> argparse.ArgumentParser:

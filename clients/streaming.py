@@ -23,7 +23,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
-from mambaserve.build import spec
 from mambaserve.clients.request import (
     DEFAULT_URLS,
     AudioInput,
@@ -32,6 +31,7 @@ from mambaserve.clients.request import (
     prepare_audio,
     translate_error,
 )
+from mambaserve.contract import spec
 
 _IDS = itertools.count(1)
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from mambaserve.build import spec
+from mambaserve.contract import spec
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLES_MANIFEST = ROOT / "clients" / "samples" / "samples.jsonl"

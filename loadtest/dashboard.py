@@ -19,7 +19,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from mambaserve.build import spec
+from mambaserve.contract import spec
 
 DASHBOARD_PATH = Path(__file__).resolve().parent.parent / "deploy" / "grafana" / "dashboards" / "mambaserve.json"
 UID = "mambaserve"

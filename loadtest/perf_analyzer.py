@@ -26,7 +26,7 @@ import zipfile
 from pathlib import Path
 
 import numpy as np
-from mambaserve.build import spec
+from mambaserve.contract import spec
 
 ROOT = Path(__file__).resolve().parent.parent
 WHEEL_VERSION = "2.47.0"

@@ -12,7 +12,7 @@ import os
 from collections import defaultdict
 from pathlib import Path
 
-from mambaserve.build.stubs import proc_stat, stub_model
+from mambaserve.serving.stubs import proc_stat, stub_model
 
 SERVER = "tritonserver"
 _TICK = os.sysconf("SC_CLK_TCK")

@@ -28,10 +28,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from mambaserve.build import spec
-from mambaserve.build.backends.metrics import TOKENS
+from mambaserve.contract import spec
 from mambaserve.loadtest import procs, server_stats
 from mambaserve.loadtest.clips import Clip, clip_of_length, default_manifest, load_clips
+from mambaserve.serving.metrics import TOKENS
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "benchmarks"
@@ -246,7 +246,7 @@ def served_vs_inprocess(ctx: BenchContext) -> Section:
         return Section(key, title, "*Not run:* no checkpoint known for this server.", status="not run")
     import torch
     from mambaserve.clients import ASRClient
-    from mambaserve.training.inference import Recognizer
+    from mambaserve.model.recognizer import Recognizer
 
     clips = ctx.clips[: 10 if ctx.quick else 30]
     n = len(clips)
@@ -554,7 +554,7 @@ def _resolve_repository(args, log) -> tuple[Path, Path | None, bool]:
     if not (ckpt / "model.safetensors").exists():
         if args.checkpoint:
             raise SystemExit(f"error: checkpoint {ckpt} has no model.safetensors")
-        from mambaserve.training.checkpoint import init_checkpoint
+        from mambaserve.model.checkpoint import init_checkpoint
 
         ckpt = ROOT / ".cache" / "bench" / "random-checkpoint"
         if not (ckpt / "model.safetensors").exists():
@@ -578,7 +578,7 @@ def bench_server(args, log):
 
     Returns (server, checkpoint, random checkpoint?); shared by the report, the soak and the streaming bench.
     """
-    from mambaserve.build.server import TritonServer, free_port
+    from mambaserve.serving.server import TritonServer, free_port
 
     repo, ckpt, random_ckpt = _resolve_repository(args, log)
     server = TritonServer(repo, http_port=free_port(), grpc_port=free_port(), metrics_port=free_port(),

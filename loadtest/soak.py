@@ -23,7 +23,7 @@ import threading
 import time
 from pathlib import Path
 
-from mambaserve.build import spec
+from mambaserve.contract import spec
 from mambaserve.loadtest import procs
 from mambaserve.loadtest.report import OUT, _commit, _machine, _now, bench_server, write_section
 
@@ -107,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
 
         rows = []
         for c in clips:  # the clips as files the locust subprocess reads
-            sf.write(Path(tmp) / f"{c.id}.wav", c.audio, 16000, subtype="FLOAT")
+            sf.write(Path(tmp) / f"{c.id}.wav", c.audio, spec.SAMPLE_RATE, subtype="FLOAT")
             rows.append(json.dumps({"id": c.id, "audio": f"{c.id}.wav", "text": c.text}))
         (Path(tmp) / "clips.jsonl").write_text("\n".join(rows) + "\n")
         log(f"reference: {len(clips)} clips, one request at a time")

@@ -28,7 +28,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
-from mambaserve.build import spec
+from mambaserve.contract import spec
 
 ROOT = Path(__file__).resolve().parent.parent
 LEVELS = (1, 8, 32)
@@ -156,8 +156,8 @@ def inprocess_token_times(checkpoint: Path, histories=HISTORIES, tokens: int = 6
     """The same measurement in this process (1 torch thread, as served): DecoderPool steps on a
     state that has seen `h` positions."""
     import torch
-    from mambaserve.build.backends.streaming_engine import DecoderPool, Sampling
-    from mambaserve.training.checkpoint import load_checkpoint
+    from mambaserve.model.checkpoint import load_checkpoint
+    from mambaserve.serving.streaming_engine import DecoderPool, Sampling
 
     torch.set_num_threads(1)
     ckpt = load_checkpoint(checkpoint)
@@ -187,7 +187,7 @@ def inprocess_token_times(checkpoint: Path, histories=HISTORIES, tokens: int = 6
 # 3. memory per idle session
 # ---------------------------------------------------------------------------------------------
 def state_bytes(checkpoint: Path) -> dict:
-    from mambaserve.training.config import ModelConfig
+    from mambaserve.model.config import ModelConfig
 
     c = ModelConfig.load(checkpoint / "config.json")
     m = c.decoder.mamba

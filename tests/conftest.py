@@ -6,7 +6,7 @@ real build command, and a real tritonserver serving it on free ports.
     model_repository   the built repository (tmp), one version per model
     triton_server      a started TritonServer: .http_url, .grpc_url ("127.0.0.1:PORT"), .metrics_url,
                        .repository, .log_path; stopped at the end of the session
-    recognizer         the in-process reference (mambaserve.training.inference.Recognizer)
+    recognizer         the in-process reference (mambaserve.model.recognizer.Recognizer)
     speech_clips       a few espeak-ng sentences at 16 kHz: list of (text, float32 audio)
 """
 
@@ -35,7 +35,7 @@ SENTENCES = (
 def checkpoint_dir(tmp_path_factory) -> Path:
     if (DEFAULT_CHECKPOINT / "model.safetensors").exists():
         return DEFAULT_CHECKPOINT
-    from mambaserve.training.checkpoint import init_checkpoint
+    from mambaserve.model.checkpoint import init_checkpoint
 
     return init_checkpoint(tmp_path_factory.mktemp("checkpoint") / "random", seed=0)
 
@@ -68,7 +68,7 @@ def build_output(_built) -> str:
 
 @pytest.fixture(scope="session")
 def triton_server(model_repository, tmp_path_factory):
-    from mambaserve.build.server import TritonServer, free_port
+    from mambaserve.serving.server import TritonServer, free_port
 
     log = tmp_path_factory.mktemp("server") / "tritonserver.log"
     server = TritonServer(
@@ -88,7 +88,7 @@ def triton_server(model_repository, tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def recognizer(checkpoint_dir):
-    from mambaserve.training.inference import Recognizer
+    from mambaserve.model.recognizer import Recognizer
 
     return Recognizer(checkpoint_dir)
 

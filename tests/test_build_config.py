@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 from google.protobuf import text_format
 from mambaserve.build import model_config as mc
-from mambaserve.build import spec
 from mambaserve.build.__main__ import _instances
-from mambaserve.build.backends.common import bucket_frames, decode_prompts, pad_stack, validate_audio
 from mambaserve.build.repository import BuildOptions, _configs
 from mambaserve.build.verify import WiringError, check_ensemble, check_wiring, load_configs
 from mambaserve.build.versioning import latest_version, next_version, versions
+from mambaserve.contract import spec
+from mambaserve.serving.backends.common import bucket_frames, decode_prompts, pad_stack, validate_audio
 from tritonclient.grpc import model_config_pb2 as pb
 
 N_MELS, PREFIX_DIM, VOCAB = 80, 192, 256

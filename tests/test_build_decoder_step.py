@@ -9,20 +9,20 @@ import json
 import onnx
 import pytest
 import torch
-from mambaserve.build import spec
-from mambaserve.build.decoder_step_export import (
+from mambaserve.build.errors import ParityError
+from mambaserve.build.export.decoder_step import (
     RTOL,
     check_rollout_parity,
     check_step_parity,
     export_decoder_step,
 )
-from mambaserve.build.errors import ParityError
-from mambaserve.training.config import DecoderConfig, MambaConfig
-from mambaserve.training.decoder import TranscriptDecoder
-from mambaserve.training.export import DecoderStepForExport
-from mambaserve.training.mamba import MambaState
-from mambaserve.training.onnx_step import OnnxDecodeStep
-from mambaserve.training.search import beam_search, greedy_search
+from mambaserve.build.export.modules import DecoderStepForExport
+from mambaserve.contract import spec
+from mambaserve.model.config import DecoderConfig, MambaConfig
+from mambaserve.model.decoder import TranscriptDecoder
+from mambaserve.model.mamba import MambaState
+from mambaserve.model.onnx_step import OnnxDecodeStep
+from mambaserve.model.search import beam_search, greedy_search
 
 VOCAB = 50
 
@@ -201,8 +201,8 @@ def _args(repo, model: str, **params) -> dict:
 
 
 def test_the_build_ships_the_step_beside_every_decoding_model(model_repository, build_output):
-    from mambaserve.build.backends.common import decode_step_path
     from mambaserve.build.model_config import from_text
+    from mambaserve.serving.backends.common import decode_step_path
 
     assert "exporting the decoder's decode step" in build_output and "greedy rollout" in build_output
     for model in (spec.DECODER, spec.STREAMING_DECODER, spec.DECODER_SESSION):

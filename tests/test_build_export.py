@@ -7,19 +7,13 @@ import shutil
 
 import pytest
 import torch
-from mambaserve.build import spec
 from mambaserve.build.errors import ParityError
-from mambaserve.build.onnx_export import (
-    TritonEncoder,
-    check_parity,
-    example,
-    export_onnx,
-    export_onnx_frozen,
-    relative_error,
-    run_onnx,
-)
+from mambaserve.build.export.encoder import check_parity, example, export_onnx, export_onnx_frozen, run_onnx
+from mambaserve.build.export.graph import relative_error
+from mambaserve.build.export.modules import TritonEncoder
 from mambaserve.build.repository import BuildOptions, build_repository
 from mambaserve.build.versioning import versions
+from mambaserve.contract import spec
 from torch import nn
 from torch._higher_order_ops.scan import scan
 
@@ -91,8 +85,8 @@ def test_parity_needs_two_other_lengths():
 
 
 def test_the_built_encoder_matches_pytorch_at_more_lengths(model_repository, checkpoint_dir):
-    from mambaserve.training.checkpoint import load_checkpoint
-    from mambaserve.training.export import EncoderForExport
+    from mambaserve.build.export.modules import EncoderForExport
+    from mambaserve.model.checkpoint import load_checkpoint
 
     ckpt = load_checkpoint(checkpoint_dir)
     module = TritonEncoder(EncoderForExport(ckpt.model))

@@ -7,9 +7,9 @@ import io
 import numpy as np
 import pytest
 import soundfile as sf
-from mambaserve.build import spec
 from mambaserve.clients.audio import AudioError, load_audio
 from mambaserve.clients.request import expand_prompts, prepare_audio
+from mambaserve.contract import spec
 
 
 def _sine(freq: float, sr: int, seconds: float, amp: float = 0.5, phase: float = 0.0) -> np.ndarray:

@@ -16,7 +16,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-from mambaserve.build import spec
 from mambaserve.clients.audio import AudioError, load_audio
 from mambaserve.clients.client import (
     ASRClient,
@@ -26,6 +25,7 @@ from mambaserve.clients.client import (
     Transcription,
 )
 from mambaserve.clients.evaluate import score
+from mambaserve.contract import spec
 
 pytestmark = pytest.mark.server
 

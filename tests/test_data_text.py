@@ -8,6 +8,7 @@ import re
 from collections import Counter
 
 import pytest
+from mambaserve.model.text_norm import ALPHABET, normalize_text, number_to_words
 from mambaserve.training.hotwords import (
     hotword_pools,
     hotword_sentence,
@@ -26,7 +27,6 @@ from mambaserve.training.text_corpus import (
     stdlib_sentences,
     template_vocabulary,
 )
-from mambaserve.training.text_norm import ALPHABET, normalize_text, number_to_words
 
 
 # ---- normalisation ----------------------------------------------------------------------------------

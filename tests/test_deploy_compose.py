@@ -6,8 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import yaml
-from mambaserve.build.server import TritonServer
 from mambaserve.loadtest.prom import PROMETHEUS_CONFIG
+from mambaserve.serving.server import TritonServer
 
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
 COMPOSE = yaml.safe_load((DEPLOY / "docker-compose.yml").read_text())
@@ -42,7 +42,7 @@ def test_tritonserver_runs_with_the_launchers_flags(tmp_path):
         assert f"-port={port}" in command and f"{port}:{port}" in SERVICES["tritonserver"]["ports"]
     # explicit model control + every model, as in tests/test_loadtest_fault.py, with the watchdog beside it
     assert "--model-control-mode=explicit" in command and "--load-model=*" in command
-    assert "python3 -m mambaserve.build.watchdog --http-url 127.0.0.1:8000" in command
+    assert "python3 -m mambaserve.serving.watchdog --http-url 127.0.0.1:8000" in command
     assert (DEPLOY.parent / SERVICES["tritonserver"]["build"]["dockerfile"]).exists()
     assert _mount("tritonserver", "/models") == (DEPLOY.parent / "model_repository").resolve()
 

@@ -15,10 +15,10 @@ import urllib.request
 import numpy as np
 import pytest
 import yaml
-from mambaserve.build import spec
-from mambaserve.build.backends import metrics as m
+from mambaserve.contract import spec
 from mambaserve.loadtest import dashboard
 from mambaserve.loadtest.prom import PROMETHEUS_CONFIG, Prometheus, render_config
+from mambaserve.serving import metrics as m
 
 RULES = sorted((PROMETHEUS_CONFIG.parent / "rules").glob("*.rules.yml"))
 needs_prometheus = pytest.mark.skipif(shutil.which("promtool") is None, reason="Debian package prometheus missing: make system-deps")

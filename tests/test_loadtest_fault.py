@@ -16,8 +16,8 @@ import urllib.request
 
 import numpy as np
 import pytest
-from mambaserve.build import spec
-from mambaserve.build.watchdog import Watchdog, live_stubs
+from mambaserve.contract import spec
+from mambaserve.serving.watchdog import Watchdog, live_stubs
 
 pytestmark = [pytest.mark.server, pytest.mark.slow]  # a second server, a reload: ~50 s
 
@@ -66,7 +66,7 @@ class Load:
 
 
 def test_killed_stub_then_watchdog_recovers(model_repository, speech_clips, tmp_path):
-    from mambaserve.build.server import TritonServer, free_port
+    from mambaserve.serving.server import TritonServer, free_port
 
     clips = [audio for _, audio in speech_clips[:3]]
     server = TritonServer(model_repository, http_port=free_port(), grpc_port=free_port(), metrics_port=free_port(),

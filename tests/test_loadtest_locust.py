@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from mambaserve.build import spec
+from mambaserve.contract import spec
 from mambaserve.loadtest.clips import SAMPLES_MANIFEST, clip_of_length, load_clips
 from mambaserve.loadtest.mix import parse_mix
 from mambaserve.loadtest.run import run_locust

@@ -6,7 +6,7 @@ import json
 import subprocess
 
 import pytest
-from mambaserve.build import spec
+from mambaserve.contract import spec
 from mambaserve.loadtest import perf_analyzer as pa
 from mambaserve.loadtest.clips import SAMPLES_MANIFEST, clip_of_length, load_clips
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from mambaserve.build import spec
+from mambaserve.contract import spec
 from mambaserve.loadtest import report, server_stats
 from mambaserve.loadtest.clips import SAMPLES_MANIFEST, load_clips
 

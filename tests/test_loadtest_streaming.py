@@ -6,7 +6,7 @@ from __future__ import annotations
 import csv
 
 import pytest
-from mambaserve.build import spec
+from mambaserve.contract import spec
 from mambaserve.loadtest.clips import SAMPLES_MANIFEST
 from mambaserve.loadtest.run import run_locust
 

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
-from mambaserve.build import spec
-from mambaserve.build.onnx_export import relative_error
+from mambaserve.build.export.graph import relative_error
+from mambaserve.contract import spec
 from tritonclient.utils import InferenceServerException
 
 pytestmark = pytest.mark.server
@@ -92,7 +92,7 @@ def test_cpu_decoding_models_run_the_compiled_step_and_match_in_process_with_it(
                                                                                checkpoint_dir, speech_clips, expected):
     """CPU instances decode with the build's decoder_step.onnx (ONNX Runtime), not silently with PyTorch;
     the in-process Recognizer given the same file gives the same transcripts, as does the eager one."""
-    from mambaserve.training.inference import Recognizer
+    from mambaserve.model.recognizer import Recognizer
 
     log = triton_server.log_path.read_text(errors="replace")
     for model in (spec.DECODER, spec.STREAMING_DECODER, spec.DECODER_SESSION):

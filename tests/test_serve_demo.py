@@ -1,4 +1,4 @@
-"""`make demo` (python -m mambaserve.build.demo) on an up-to-date repository, and its staleness rule."""
+"""`make demo` (python -m mambaserve.demo) on an up-to-date repository, and its staleness rule."""
 
 from __future__ import annotations
 
@@ -10,10 +10,10 @@ import sys
 from pathlib import Path
 
 import pytest
-from mambaserve.build import spec
-from mambaserve.build.demo import DEFAULT_SAMPLES, staleness
-from mambaserve.build.server import free_port
 from mambaserve.build.versioning import BUILD_INFO
+from mambaserve.contract import spec
+from mambaserve.demo import DEFAULT_SAMPLES, staleness
+from mambaserve.serving.server import free_port
 
 pytestmark = pytest.mark.server
 
@@ -38,7 +38,7 @@ def test_demo_transcribes_the_shipped_samples(model_repository, checkpoint_dir, 
     shutil.copytree(model_repository, repo)
     env = dict(os.environ, HTTP_PORT=str(free_port()), GRPC_PORT=str(free_port()), METRICS_PORT=str(free_port()))
     proc = subprocess.run(
-        [sys.executable, "-m", "mambaserve.build.demo", "--checkpoint", str(checkpoint_dir), "--repository", str(repo)],
+        [sys.executable, "-m", "mambaserve.demo", "--checkpoint", str(checkpoint_dir), "--repository", str(repo)],
         capture_output=True, text=True, timeout=600, env=env,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stdout + proc.stderr

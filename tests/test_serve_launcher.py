@@ -1,4 +1,4 @@
-"""The launcher (mambaserve.build.server) with small throwaway models: start, readiness, ports from the
+"""The launcher (mambaserve.serving.server) with small throwaway models: start, readiness, ports from the
 environment, metrics flags, clear failures, foreground CLI. Real tritonserver, no torch models."""
 
 from __future__ import annotations
@@ -14,8 +14,14 @@ import numpy as np
 import pytest
 import tritonclient.http as httpclient
 from mambaserve.build import model_config as mc
-from mambaserve.build.server import ModelLoadError, ServerError, TritonServer, free_port, prepare_backend_dir
-from mambaserve.build.spec import ModelSpec, TensorSpec
+from mambaserve.contract.spec import ModelSpec, TensorSpec
+from mambaserve.serving.server import (
+    ModelLoadError,
+    ServerError,
+    TritonServer,
+    free_port,
+    prepare_backend_dir,
+)
 
 pytestmark = pytest.mark.server
 
@@ -56,7 +62,7 @@ def test_backend_dir_has_the_python_backend_stub_and_the_onnxruntime_stand_in():
     assert (d / "python" / "libtriton_python.so").exists()
     stub = d / "python" / "triton_python_backend_stub"
     assert stub.exists() and os.access(stub, os.X_OK)
-    assert "mambaserve.build.backends.onnxruntime_backend" in (d / "onnxruntime" / "model.py").read_text()
+    assert "mambaserve.serving.backends.onnxruntime_backend" in (d / "onnxruntime" / "model.py").read_text()
     assert prepare_backend_dir() == d  # built once, reused
 
 
@@ -94,7 +100,7 @@ def _cli(repo: Path, env_ports: dict[str, int], *args: str) -> subprocess.Popen:
     env = dict(os.environ, HTTP_PORT=str(env_ports["http_port"]), GRPC_PORT=str(env_ports["grpc_port"]),
                METRICS_PORT=str(env_ports["metrics_port"]))  # fmt: skip
     return subprocess.Popen(
-        [sys.executable, "-m", "mambaserve.build.server", "--repository", str(repo), *args],
+        [sys.executable, "-m", "mambaserve.serving.server", "--repository", str(repo), *args],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
 

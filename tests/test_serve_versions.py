@@ -9,11 +9,11 @@ import time
 import numpy as np
 import pytest
 import tritonclient.http as httpclient
-from mambaserve.build import spec
 from mambaserve.build.repository import BuildOptions, build_repository
-from mambaserve.build.server import ModelLoadError, TritonServer, free_port
 from mambaserve.build.verify import load_configs
 from mambaserve.build.versioning import read_build_info, versions
+from mambaserve.contract import spec
+from mambaserve.serving.server import ModelLoadError, TritonServer, free_port
 
 pytestmark = pytest.mark.server
 

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from mambaserve.training.config import ModelConfig
-from mambaserve.training.mamba import MambaState
-from mambaserve.training.model import SpeechMamba
+from mambaserve.model.config import ModelConfig
+from mambaserve.model.mamba import MambaState
+from mambaserve.model.network import SpeechMamba
 
 
 def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -20,7 +20,7 @@ def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
 
 @pytest.fixture(scope="module")
 def model() -> SpeechMamba:
-    from mambaserve.training.config import BridgeConfig, DecoderConfig, EncoderConfig, MambaConfig
+    from mambaserve.model.config import BridgeConfig, DecoderConfig, EncoderConfig, MambaConfig
 
     config = ModelConfig(
         encoder=EncoderConfig(mamba=MambaConfig(d_model=32, n_layers=2, d_state=4)),
@@ -87,7 +87,7 @@ def test_masked_encoder_batch_continues_each_row_from_its_state(model: SpeechMam
 
 
 # ---------------------------------------------------------------------------------------------
-# The streaming engine (build/backends/streaming_engine.py) against the offline Recognizer, on the
+# The streaming engine (serving/streaming_engine.py) against the offline Recognizer, on the
 # repository's checkpoint (tests/conftest.py): chunked == offline for any chunking.
 # ---------------------------------------------------------------------------------------------
 CHUNKS = (5120, 10240, 2731, 399)  # 320 ms, 640 ms, odd, shorter than one analysis window
@@ -95,7 +95,7 @@ CHUNKS = (5120, 10240, 2731, 399)  # 320 ms, 640 ms, odd, shorter than one analy
 
 @pytest.fixture(scope="module")
 def offline(recognizer, speech_clips):
-    from mambaserve.training.ctc import ctc_greedy
+    from mambaserve.model.ctc import ctc_greedy
 
     clips = [audio for _, audio in speech_clips[:3]]
     feats, lengths = recognizer.features(clips)
@@ -119,7 +119,7 @@ def _stream(streams, slots, clips, chunk):
 
 @pytest.mark.parametrize("chunk", CHUNKS)
 def test_chunked_encoder_stream_equals_offline(recognizer, offline, chunk):
-    from mambaserve.build.backends.streaming_engine import EncoderStreams
+    from mambaserve.serving.streaming_engine import EncoderStreams
 
     clips, enc, ctc_ids = offline
     streams = EncoderStreams(recognizer.model, capacity=5)
@@ -137,7 +137,7 @@ def test_chunked_encoder_stream_equals_offline(recognizer, offline, chunk):
         # every partial path is the offline path of the frames seen so far (causal: never revised)
         for r in results:
             n = r.frames_total
-            from mambaserve.training.ctc import ctc_greedy
+            from mambaserve.model.ctc import ctc_greedy
 
             assert r.ids == ctc_greedy(enc.ctc_logprobs[i : i + 1, :n], torch.tensor([n]))[0]
 
@@ -154,7 +154,7 @@ def one_torch_thread():
 
 def test_interleaved_sequences_equal_one_by_one_bitwise(recognizer, offline, one_torch_thread):
     """A sequence's outputs do not depend on what else is in the batch: bit-identical."""
-    from mambaserve.build.backends.streaming_engine import EncoderStreams
+    from mambaserve.serving.streaming_engine import EncoderStreams
 
     clips, _, _ = offline
     together = EncoderStreams(recognizer.model, capacity=3)
@@ -174,9 +174,9 @@ def test_interleaved_sequences_equal_one_by_one_bitwise(recognizer, offline, one
 @pytest.fixture(scope="module")
 def onnx_step(recognizer, tmp_path_factory):
     """The compiled decode step of the checkpoint, as the build writes it (CPU instances run this)."""
-    from mambaserve.build.decoder_step_export import export_decoder_step
-    from mambaserve.training.export import DecoderStepForExport
-    from mambaserve.training.onnx_step import OnnxDecodeStep
+    from mambaserve.build.export.decoder_step import export_decoder_step
+    from mambaserve.build.export.modules import DecoderStepForExport
+    from mambaserve.model.onnx_step import OnnxDecodeStep
 
     path = tmp_path_factory.mktemp("step") / "decoder_step.onnx"
     return OnnxDecodeStep(export_decoder_step(DecoderStepForExport(recognizer.model.decoder), path))
@@ -195,10 +195,10 @@ def _decoder_inputs(recognizer, offline):
 
 
 def test_streamed_decoder_final_equals_offline_greedy(recognizer, offline, decode_step):
-    from mambaserve.build.backends.streaming_engine import DecoderPool, Sampling, max_decode_length
-    from mambaserve.training.inference import Recognizer
-    from mambaserve.training.search import max_decode_lengths
-    from mambaserve.training.tokenizer import BOS_ID
+    from mambaserve.model.recognizer import Recognizer
+    from mambaserve.model.search import max_decode_lengths
+    from mambaserve.model.tokenizer import BOS_ID
+    from mambaserve.serving.streaming_engine import DecoderPool, Sampling, max_decode_length
 
     enc, prompt_ids, prompts = _decoder_inputs(recognizer, offline)
     dec = recognizer.model.decoder
@@ -225,8 +225,8 @@ def test_streamed_decoder_final_equals_offline_greedy(recognizer, offline, decod
 def test_session_copies_generate_like_a_fresh_state(recognizer, offline, decode_step):
     """A kept state copied into working rows gives what a fresh prefill gives, for greedy, seeded
     sampling and beam search; the kept state itself does not change."""
-    from mambaserve.build.backends.streaming_engine import DecoderPool, Sampling
-    from mambaserve.training.tokenizer import BOS_ID
+    from mambaserve.model.tokenizer import BOS_ID
+    from mambaserve.serving.streaming_engine import DecoderPool, Sampling
 
     enc, prompt_ids, _ = _decoder_inputs(recognizer, offline)
     dec = recognizer.model.decoder
@@ -251,7 +251,7 @@ def test_session_copies_generate_like_a_fresh_state(recognizer, offline, decode_
     assert torch.equal(sessions.state.ssm[:, 2:3], kept.ssm) and torch.equal(sessions.state.conv[:, 2:3], kept.conv)
     # fresh: prefill of [prefix][prompt][BOS] in one go, then the offline greedy search
     one = type(enc)(enc.prefix[:1], enc.prefix_lengths[:1], enc.ctc_logprobs[:1], enc.ctc_lengths[:1])
-    from mambaserve.training.search import beam_search, greedy_search
+    from mambaserve.model.search import beam_search, greedy_search
 
     with torch.no_grad():
         assert [first[0]] == greedy_search(dec, one, [prompt_ids[1]], [12], cfg.eos_id, step=decode_step)
@@ -265,8 +265,8 @@ def test_session_copies_generate_like_a_fresh_state(recognizer, offline, decode_
 def test_compiled_generation_is_bitwise_batch_invariant(recognizer, offline, onnx_step, one_torch_thread):
     """With the ONNX Runtime step, rows generating together give exactly the tokens and final states
     (bit for bit) that each gives alone, with no padding rows."""
-    from mambaserve.build.backends.streaming_engine import DecoderPool, Sampling
-    from mambaserve.training.tokenizer import BOS_ID
+    from mambaserve.model.tokenizer import BOS_ID
+    from mambaserve.serving.streaming_engine import DecoderPool, Sampling
 
     enc, prompt_ids, _ = _decoder_inputs(recognizer, offline)
     dec = recognizer.model.decoder
@@ -291,7 +291,7 @@ def test_compiled_generation_is_bitwise_batch_invariant(recognizer, offline, onn
 
 
 def test_state_per_sequence_has_a_fixed_size(recognizer):
-    from mambaserve.build.backends.streaming_engine import DecoderPool, EncoderStreams
+    from mambaserve.serving.streaming_engine import DecoderPool, EncoderStreams
 
     c = recognizer.config
     enc_bytes = EncoderStreams(recognizer.model, capacity=2).state_nbytes()

@@ -8,10 +8,10 @@ import time
 
 import numpy as np
 import pytest
-from mambaserve.build import spec
-from mambaserve.build.backends.slot_pool import PoolFullError, SlotPool, UnknownSequenceError
-from mambaserve.build.backends.stateful import MAX_NEW_TOKENS, distinct_rounds, parse_sampling, validate_chunk
-from mambaserve.build.backends.streaming_engine import Sampling
+from mambaserve.contract import spec
+from mambaserve.serving.backends.common import MAX_NEW_TOKENS, parse_sampling, validate_chunk
+from mambaserve.serving.state import PoolFullError, SlotPool, UnknownSequenceError, distinct_rounds
+from mambaserve.serving.streaming_engine import Sampling
 
 
 class Clock:

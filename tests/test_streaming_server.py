@@ -14,9 +14,9 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
-from mambaserve.build import spec
 from mambaserve.clients import ASRClient, StreamingClient
 from mambaserve.clients.streaming import chunk_inputs, parse_chunk
+from mambaserve.contract import spec
 from tritonclient.utils import InferenceServerException
 
 pytestmark = pytest.mark.server
@@ -52,8 +52,8 @@ def offline_texts(triton_server, speech_clips):
 @pytest.mark.parametrize("chunk", CHUNK_SAMPLES)
 def test_final_equals_offline_asr_and_partials_follow_the_audio(triton_server, speech_clips, recognizer,
                                                                 offline_texts, chunk):  # fmt: skip
-    from mambaserve.training.ctc import ctc_greedy
-    from mambaserve.training.features import num_frames
+    from mambaserve.model.ctc import ctc_greedy
+    from mambaserve.model.features import num_frames
 
     config = recognizer.config
     with StreamingClient(triton_server.grpc_url) as client:

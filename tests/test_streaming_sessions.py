@@ -9,9 +9,9 @@ import queue
 import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
-from mambaserve.build import spec
 from mambaserve.clients import ASRClient, SessionClient
 from mambaserve.clients.request import ServerError
+from mambaserve.contract import spec
 
 pytestmark = pytest.mark.server
 

@@ -18,12 +18,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from mambaserve.contract.spec import SAMPLE_RATE
+from mambaserve.model.scoring import score
+from mambaserve.model.text_norm import normalize_text
 
 from .dataset import load_audio
 from .manifest import load_manifest
-from .text_norm import normalize_text
 
-__all__ = ["PocketsphinxRecognizer", "evaluate_manifest", "main", "score"]
+__all__ = ["PocketsphinxRecognizer", "evaluate_manifest", "main"]
 
 
 class PocketsphinxRecognizer:
@@ -32,7 +34,7 @@ class PocketsphinxRecognizer:
     def __init__(self) -> None:
         from pocketsphinx import Decoder
 
-        self._decoder = Decoder(samprate=16000, logfn="/dev/null")
+        self._decoder = Decoder(samprate=SAMPLE_RATE, logfn="/dev/null")
 
     def transcribe(self, audio: np.ndarray) -> str:
         """Text for float32 16 kHz mono audio in [-1, 1]."""
@@ -43,18 +45,6 @@ class PocketsphinxRecognizer:
         d.end_utt()
         hyp = d.hyp()
         return normalize_text(hyp.hypstr) if hyp is not None else ""
-
-
-def score(refs: Sequence[str], hyps: Sequence[str]) -> dict[str, float]:
-    """Corpus WER and CER of normalised texts; items with an empty normalised reference are left out."""
-    import jiwer
-
-    pairs = [(normalize_text(r), normalize_text(h)) for r, h in zip(refs, hyps)]
-    pairs = [(r, h) for r, h in pairs if r]
-    if not pairs:
-        raise ValueError("score: no item with a non-empty reference")
-    r, h = zip(*pairs)
-    return {"wer": float(jiwer.wer(list(r), list(h))), "cer": float(jiwer.cer(list(r), list(h)))}
 
 
 def evaluate_manifest(
@@ -72,7 +62,7 @@ def evaluate_manifest(
         rec.transcribe(load_audio(it["audio"]))
         for it in tqdm(items, desc="pocketsphinx", unit="utt", disable=not progress)
     ]
-    result = score([it["text"] for it in items], hyps)
+    result = score([it["text"] for it in items], hyps)._asdict()
     return {"system": "pocketsphinx", "manifest": str(manifest), "n": len(items), **result}
 
 

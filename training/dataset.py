@@ -1,6 +1,6 @@
 """A torch Dataset over manifest items, and the collate function that pads a batch.
 
-Audio is returned as float32 in [-1, 1], mono, 16 kHz: what the served models take (build/spec.py).
+Audio is returned as float32 in [-1, 1], mono, 16 kHz: what the served models take (mambaserve.contract.spec).
 Tokenisation is left to the training code, so texts and prompts stay strings here.
 """
 

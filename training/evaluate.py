@@ -17,20 +17,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-from mambaserve.training.text_norm import normalize_text
-
-
-def score_transcripts(refs: Sequence[str], hyps: Sequence[str]) -> dict[str, float]:
-    """Corpus WER and CER on normalised text (an empty reference counts its hypothesis as insertions)."""
-    import jiwer
-
-    r = [normalize_text(x) for x in refs]
-    h = [normalize_text(x) for x in hyps]
-    pairs = [(a, b) for a, b in zip(r, h) if a]
-    if not pairs:
-        return {"wer": 0.0, "cer": 0.0}
-    r2, h2 = zip(*pairs)
-    return {"wer": float(jiwer.wer(list(r2), list(h2))), "cer": float(jiwer.cer(list(r2), list(h2)))}
+from mambaserve.model.scoring import score
 
 
 def transcribe_manifest(
@@ -43,7 +30,7 @@ def transcribe_manifest(
     ctc_weight: float | None = None,
 ) -> tuple[list[str], float]:
     """Hypotheses for every item and the wall time spent (features + encoder + decoding)."""
-    from mambaserve.training.ctc import ctc_greedy
+    from mambaserve.model.ctc import ctc_greedy
     from mambaserve.training.dataset import load_audio
     from tqdm import tqdm
 
@@ -75,8 +62,8 @@ def evaluate(
     progress: bool = True,
     ctc_weight: float | None = None,
 ) -> dict[str, Any]:
+    from mambaserve.model.recognizer import Recognizer
     from mambaserve.training.hotwords import rare_word_error_rate
-    from mambaserve.training.inference import Recognizer
     from mambaserve.training.manifest import load_manifest
 
     if threads:
@@ -91,14 +78,14 @@ def evaluate(
     result: dict[str, Any] = {"n": len(items), "manifest": manifest, "audio_seconds": round(audio_seconds, 2)}
     for method in methods:
         hyps, wall = transcribe_manifest(recognizer, items, method, True, batch_size, progress, ctc_weight)
-        block = score_transcripts(refs, hyps)
+        block = score(refs, hyps)._asdict()
         block["rtfx"] = audio_seconds / wall if wall else 0.0
         if any(hotwords):
             block["rare_word_error_rate"] = rare_word_error_rate(refs, hyps, hotwords)
             if has_prompts and method != "ctc_greedy":
                 no_prompt, _ = transcribe_manifest(recognizer, items, method, False, batch_size, progress, ctc_weight)
                 block["rare_word_error_rate_without_prompt"] = rare_word_error_rate(refs, no_prompt, hotwords)
-                block["without_prompt"] = score_transcripts(refs, no_prompt)
+                block["without_prompt"] = score(refs, no_prompt)._asdict()
         result[method] = block
     default = recognizer.config.decoding.method
     chosen = result.get(default) or result[methods[0]]

@@ -19,8 +19,9 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from mambaserve.model.text_norm import normalize_text
+
 from .text_corpus import MAX_WORDS, common_words, stable_fraction
-from .text_norm import normalize_text
 
 __all__ = [
     "HotwordPools",

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import soundfile as sf
+from mambaserve.model.text_norm import normalize_text
 
 from .manifest import (
     EMPTY_AUDIO,
@@ -29,7 +30,6 @@ from .manifest import (
     ValidationReport,
     write_manifest,
 )
-from .text_norm import normalize_text
 
 __all__ = ["main", "scan_librispeech"]
 

@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from mambaserve.training.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
-from mambaserve.training.model import SpeechMamba
+from mambaserve.model.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from mambaserve.model.network import SpeechMamba
 
 ADAPTER_DIR = "adapter"
 MERGED_DIR = "merged"

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import soundfile as sf
+from mambaserve.contract.spec import SAMPLE_RATE
 
 __all__ = [
     "REQUIRED_FIELDS",
@@ -36,7 +37,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-SAMPLE_RATE = 16_000
 REQUIRED_FIELDS = ("id", "audio", "text", "duration")
 OPTIONAL_FIELDS = ("prompt", "hotwords", "voice")
 

@@ -31,6 +31,7 @@ from pathlib import Path
 
 import numpy as np
 import soundfile as sf
+from mambaserve.contract.spec import SAMPLE_RATE
 
 __all__ = [
     "ESPEAK_VARIANTS",
@@ -46,7 +47,6 @@ __all__ = [
     "synth_espeak_many",
 ]
 
-SAMPLE_RATE = 16_000
 
 ESPEAK_VOICES = (
     "en",

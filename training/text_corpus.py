@@ -36,7 +36,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .text_norm import normalize_text
+from mambaserve.model.text_norm import normalize_text
 
 __all__ = [
     "MAX_WORDS",
@@ -174,12 +174,11 @@ def _cache_file() -> Path:
     """Mining takes ~10 CPU-seconds; the result is cached per interpreter, stdlib and code version."""
     from importlib.metadata import version
 
-    here = Path(__file__).resolve().parent
     key = hashlib.sha1()
     for part in (sys.version, sysconfig.get_paths()["stdlib"], version("wordfreq"), str(COMMON_WORDS_N)):
         key.update(part.encode())
-    for module in ("text_corpus.py", "text_norm.py"):
-        key.update((here / module).read_bytes())
+    for source in (__file__, sys.modules[normalize_text.__module__].__file__):  # this module and text_norm
+        key.update(Path(source).read_bytes())
     root = Path(os.environ.get("MAMBASERVE_CACHE", Path.home() / ".cache" / "mambaserve"))
     return root / f"stdlib-sentences-{key.hexdigest()[:16]}.json"
 

@@ -29,16 +29,16 @@ from typing import Any
 import numpy as np
 import torch
 import torch.distributed as dist
-from mambaserve.training.augment import SpecAugmentConfig, spec_augment, synthetic_prompt
-from mambaserve.training.checkpoint import (
+from mambaserve.model.checkpoint import (
     Checkpoint,
     average_checkpoints,
     load_checkpoint,
     save_checkpoint,
 )
-from mambaserve.training.config import ModelConfig
-from mambaserve.training.model import SpeechMamba
-from mambaserve.training.tokenizer import Tokenizer, train_tokenizer
+from mambaserve.model.config import ModelConfig
+from mambaserve.model.network import SpeechMamba
+from mambaserve.model.tokenizer import Tokenizer, train_tokenizer
+from mambaserve.training.augment import SpecAugmentConfig, spec_augment, synthetic_prompt
 from torch import Tensor
 
 log = logging.getLogger("mambaserve.train")
@@ -423,10 +423,10 @@ class Trainer:
         long before its free-running transcripts improve)."""
         if not self.dev_items:
             return {}
-        from mambaserve.training.ctc import ctc_greedy
+        from mambaserve.model.ctc import ctc_greedy
+        from mambaserve.model.recognizer import Recognizer
+        from mambaserve.model.scoring import score
         from mambaserve.training.dataset import collate_audio, load_audio
-        from mambaserve.training.evaluate import score_transcripts
-        from mambaserve.training.inference import Recognizer
 
         self.model.eval()
         rec = Recognizer(Checkpoint(self.model, self.tokenizer, self.model_config, self.out), self.device)
@@ -447,8 +447,8 @@ class Trainer:
             ctc_hyps += [self.tokenizer.decode(ids) for ids in ctc_greedy(enc.ctc_logprobs, enc.ctc_lengths)]
             refs += [it["text"] for it in items]
         self.model.train()
-        ctc = score_transcripts(refs, ctc_hyps)
-        return {**score_transcripts(refs, hyps), "ctc_wer": ctc["wer"], "ctc_cer": ctc["cer"],
+        ctc = score(refs, ctc_hyps)
+        return {**score(refs, hyps)._asdict(), "ctc_wer": ctc.wer, "ctc_cer": ctc.cer,
                 "decoder_ce": ce_total / max(ce_tokens, 1)}  # fmt: skip
 
     # -- the loop ----------------------------------------------------------------------------------

@@ -8,8 +8,8 @@ safe to share.
 from __future__ import annotations
 
 from locust import task
-from mambaserve.build import spec
 from mambaserve.clients.request import build_request, parse_response
+from mambaserve.contract import spec
 from mambaserve.loadtest.users.base import SETTINGS, TritonUser, close_now
 
 

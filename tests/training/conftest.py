@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from mambaserve.training.config import MambaConfig, ModelConfig
+from mambaserve.model.config import MambaConfig, ModelConfig
 from mambaserve.training.train import load_config
 
 TINY_YAML = Path(__file__).resolve().parents[2] / "training" / "configs" / "tiny.yaml"

@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 import torch
 from mambaserve.kernels.scan_cpu import selective_scan_cpu
-from mambaserve.training.config import FeatureConfig
-from mambaserve.training.ctc import CTCPrefixScorer, ctc_greedy
-from mambaserve.training.features import LogMel, num_frames
-from mambaserve.training.model import SpeechMamba
-from mambaserve.training.search import beam_search, greedy_search
+from mambaserve.model.config import FeatureConfig
+from mambaserve.model.ctc import CTCPrefixScorer, ctc_greedy
+from mambaserve.model.features import LogMel, num_frames
+from mambaserve.model.network import SpeechMamba
+from mambaserve.model.search import beam_search, greedy_search
 
 
 def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -137,7 +137,7 @@ def test_right_padded_batch_from_carried_states_equals_single_items(model64: Spe
     stack = model64.decoder.mamba
     g = torch.Generator().manual_seed(5)
     d = model64.config.decoder.mamba.d_model
-    from mambaserve.training.mamba import MambaState
+    from mambaserve.model.mamba import MambaState
 
     state = MambaState.zeros(model64.config.decoder.mamba, 3)
     state = MambaState(torch.randn(state.conv.shape, generator=g, dtype=torch.float64),

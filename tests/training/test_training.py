@@ -11,13 +11,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from mambaserve.training.checkpoint import Checkpoint, average_checkpoints, load_checkpoint, save_checkpoint
-from mambaserve.training.config import MambaConfig, ModelConfig
+from mambaserve.model.checkpoint import Checkpoint, average_checkpoints, load_checkpoint, save_checkpoint
+from mambaserve.model.config import MambaConfig, ModelConfig
+from mambaserve.model.network import SpeechMamba
+from mambaserve.model.recognizer import Recognizer
+from mambaserve.model.scoring import score
+from mambaserve.model.tokenizer import BOS_ID, EOS_ID, PAD_ID, UNK_ID, Tokenizer, train_tokenizer
 from mambaserve.training.dataset import ManifestDataset, collate_audio
-from mambaserve.training.evaluate import score_transcripts
-from mambaserve.training.inference import Recognizer
-from mambaserve.training.model import SpeechMamba
-from mambaserve.training.tokenizer import BOS_ID, EOS_ID, PAD_ID, UNK_ID, Tokenizer, train_tokenizer
 from mambaserve.training.train import Trainer, feature_statistics
 
 REPO = Path(__file__).resolve().parents[2]
@@ -30,7 +30,7 @@ def test_tokenizer_round_trip_and_special_ids(tiny_corpus: Path) -> None:
     for text in [it["text"] for it in items] + ["Zyxquor, the UNSEEN word!", "it's 42"]:
         ids = tok.encode(text)
         assert UNK_ID not in ids and min(ids) > EOS_ID
-        from mambaserve.training.text_norm import normalize_text
+        from mambaserve.model.text_norm import normalize_text
 
         assert tok.decode(ids) == normalize_text(text)
     path = Path(tiny_corpus) / "tok.model"
@@ -63,7 +63,7 @@ def test_tiny_batch_overfits(tiny_corpus: Path) -> None:
         opt.zero_grad()
     assert float(out["loss"]) < 0.05 * first
     hyps = Recognizer(Checkpoint(model.eval(), tok, cfg, tiny_corpus)).transcribe([it["audio"].numpy() for it in items])
-    assert score_transcripts(batch["texts"], hyps)["cer"] < 0.1, hyps
+    assert score(batch["texts"], hyps).cer < 0.1, hyps
 
 
 def test_resume_continues_exactly(tiny_train_config) -> None:

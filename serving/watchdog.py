@@ -1,0 +1,215 @@
+"""Reload python models whose stub process died, so serving recovers without a person.
+
+Why: in Triton 2.51 a python model whose stub is killed (OOM killer, a crash in native code, a
+stray `kill -9`) fails every later request with "Stub process '<model>_0_0' is not healthy", while
+`/v2/health/ready` and `/v2/models/<model>/ready` keep answering 200; the server neither restarts
+the stub nor marks the model unready (upstream issues triton-inference-server/server#7230, #8604).
+
+The watchdog runs next to the server (same host or container: it reads /proc), notices a stub that
+is gone or a zombie, and reloads its model through the repository API: unload (readiness turns
+false, honestly, while the model is down) then load, then reloads any model that went unavailable
+with it (an ensemble). That needs the server in explicit model control mode
+(`--model-control-mode=explicit --load-model=*`); in the default mode the API refuses and the
+watchdog says what the operator must do (restart tritonserver). See deploy/README.md.
+
+    python -m mambaserve.serving.watchdog --http-url 127.0.0.1:8000 [--server-pid PID] [--interval 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from mambaserve.serving.stubs import proc_stat, stub_model
+
+NOT_EXPLICIT = "explicit model load / unload is not allowed"
+OPERATOR_ACTION = ("restart tritonserver (or run it with --model-control-mode=explicit --load-model=* so that "
+                   "the watchdog can reload the model)")
+
+
+@dataclass
+class Event:
+    time: float
+    model: str
+    action: str  # "dead", "unloaded", "loaded", "reload_failed", "operator"
+    detail: str = ""
+
+
+def live_stubs(server_pid: int) -> dict[str, set[int]]:
+    """{model: pids of its stub processes that are alive (not zombies)} among the server's children."""
+    out: dict[str, set[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        fields = proc_stat(int(entry.name))
+        if not fields or int(fields[1]) != server_pid or fields[0] in ("Z", "X"):
+            continue
+        model = stub_model(int(entry.name))
+        if model:
+            out.setdefault(model, set()).add(int(entry.name))
+    return out
+
+
+def find_server_pid() -> int:
+    """The one `tritonserver` process on this host/container."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                argv0 = Path(f"/proc/{entry.name}/cmdline").read_bytes().split(b"\0")[0]
+            except OSError:
+                continue
+            if argv0.endswith(b"/tritonserver") or argv0 == b"tritonserver":
+                found.append(int(entry.name))
+    if len(found) != 1:
+        raise RuntimeError(f"expected one tritonserver process, found {found}: pass --server-pid")
+    return found[0]
+
+
+@dataclass
+class Watchdog:
+    http_url: str
+    server_pid: int
+    interval: float = 1.0
+    reload_timeout: float = 300.0
+    log: object = print
+    events: list[Event] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self._known: dict[str, set[int]] = {}
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # -- HTTP ------------------------------------------------------------------------------------
+    def _call(self, method: str, path: str, body: dict | None = None, timeout: float = 10.0) -> tuple[int, str]:
+        data = json.dumps(body).encode() if body is not None else None
+        req = urllib.request.Request(f"http://{self.http_url}{path}", data=data, method=method,
+                                     headers={"Content-Type": "application/json"} if data else {})
+        try:
+            with urllib.request.urlopen(req, timeout=timeout) as resp:
+                return resp.status, resp.read().decode(errors="replace")
+        except urllib.error.HTTPError as e:
+            return e.code, e.read().decode(errors="replace")
+
+    def model_states(self) -> dict[str, str]:
+        status, body = self._call("POST", "/v2/repository/index", {})
+        if status != 200:
+            raise RuntimeError(f"repository index failed ({status}): {body}")
+        return {m["name"]: m.get("state", "") for m in json.loads(body)}
+
+    # -- detection and recovery --------------------------------------------------------------------
+    def _event(self, model: str, action: str, detail: str = "") -> None:
+        self.events.append(Event(time.time(), model, action, detail))
+        self.log(f"[watchdog] {model}: {action}{': ' + detail if detail else ''}")
+
+    def dead_models(self) -> list[str]:
+        """Models with fewer live stubs than when last seen healthy (ready models only).
+
+        A stub that died before the watchdog first looked cannot be told from one never started:
+        start the watchdog with the server.
+        """
+        now = live_stubs(self.server_pid)
+        states = self.model_states()
+        dead = []
+        for model, pids in self._known.items():
+            if states.get(model) == "READY" and not pids <= now.get(model, set()):
+                dead.append(model)
+        # remember the current stubs of ready models (new pids after a reload or a new version)
+        self._known = {m: p for m, p in now.items() if states.get(m) == "READY" and m not in dead}
+        return dead
+
+    def recover(self, model: str) -> bool:
+        """Unload + load `model`, then load what went unavailable with it; False if impossible."""
+        before = self.model_states()
+        status, body = self._call("POST", f"/v2/repository/models/{model}/unload", {}, timeout=self.reload_timeout)
+        if status != 200:
+            if NOT_EXPLICIT in body:
+                self._event(model, "operator", OPERATOR_ACTION)
+            else:
+                self._event(model, "reload_failed", f"unload: {body}")
+            return False
+        self._event(model, "unloaded", "readiness is false until it is loaded again")
+        status, body = self._call("POST", f"/v2/repository/models/{model}/load", {}, timeout=self.reload_timeout)
+        if status != 200:
+            self._event(model, "reload_failed", f"load: {body}")
+            return False
+        self._event(model, "loaded")
+        after = self.model_states()
+        for other, state in before.items():
+            if state == "READY" and after.get(other) != "READY":
+                status, body = self._call("POST", f"/v2/repository/models/{other}/load", {}, timeout=self.reload_timeout)
+                self._event(other, "loaded" if status == 200 else "reload_failed", "" if status == 200 else body)
+        return True
+
+    def check_once(self) -> list[str]:
+        dead = self.dead_models()
+        for model in dead:
+            self._event(model, "dead", "stub process gone: every request to it would fail")
+            self.recover(model)
+        if dead:
+            self.dead_models()  # learn the new stubs
+        return dead
+
+    # -- running ---------------------------------------------------------------------------------
+    def run(self) -> None:
+        """Check every `interval` seconds until stop(); the first check learns the healthy stubs."""
+        while True:
+            if proc_stat(self.server_pid) is None:
+                self.log("[watchdog] tritonserver exited")
+                return
+            try:
+                self.check_once()
+            except (OSError, RuntimeError) as e:  # server busy or restarting: try again next round
+                self.log(f"[watchdog] check failed: {e}")
+            if self._stop.wait(self.interval):
+                return
+
+    def start(self) -> Watchdog:
+        self._thread = threading.Thread(target=self.run, name="mambaserve-watchdog", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread:
+            self._thread.join(timeout=self.reload_timeout)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m mambaserve.serving.watchdog", description=__doc__.splitlines()[0])
+    parser.add_argument("--http-url", default="127.0.0.1:8000", help="tritonserver HTTP host:port")
+    parser.add_argument("--server-pid", type=int, default=None, help="default: the one tritonserver process here")
+    parser.add_argument("--interval", type=float, default=1.0, help="seconds between checks")
+    parser.add_argument("--wait", type=float, default=600.0, help="seconds to wait for the server to be ready")
+    args = parser.parse_args(argv)
+    deadline = time.monotonic() + args.wait
+    dog = None
+    while dog is None:
+        try:
+            dog = Watchdog(args.http_url, args.server_pid or find_server_pid(), args.interval,
+                           log=lambda s: print(s, flush=True))
+            status, _ = dog._call("GET", "/v2/health/ready")
+            if status != 200:
+                raise RuntimeError("server not ready")
+        except (OSError, RuntimeError) as e:
+            dog = None
+            if time.monotonic() > deadline:
+                print(f"[watchdog] error: {e}", file=sys.stderr)
+                return 1
+            time.sleep(1.0)
+    print(f"[watchdog] watching tritonserver pid {dog.server_pid} at {args.http_url}", flush=True)
+    with contextlib.suppress(KeyboardInterrupt):
+        dog.run()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
