@@ -1,18 +1,51 @@
 """config.pbtxt generation: ModelSpec (contract/spec.py) -> ModelConfig protobuf -> text.
 
-Configs are built as `tritonclient.grpc.model_config_pb2.ModelConfig` messages and printed with
-`google.protobuf.text_format`, so every field name and enum is checked by the schema when the config
-is made, not when a server first reads it; nothing is kept as hand-written text.
+Configs are built as ``inference.ModelConfig`` protobuf messages (Triton's ``model_config.proto``) and
+printed with ``google.protobuf.text_format``, so every field name and enum is checked by the schema
+when the config is made, not when a server first reads it; nothing is kept as hand-written text.
+
+The schema is the serialized descriptor of Triton's ``model_config.proto`` kept beside this module
+(``triton_model_config.binpb``, BSD-3-Clause, NVIDIA: see ``triton_model_config.NOTICE``), so the
+build needs only ``protobuf`` (which ONNX brings), not ``tritonclient`` (the serve extra). Refresh it
+from an installed tritonclient with ``python -m mambaserve.build.model_config --vendor-schema``.
 """
 
 from __future__ import annotations
 
+import argparse
+import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from importlib import resources
+from types import SimpleNamespace
 
-from google.protobuf import text_format
+from google.protobuf import descriptor_pool, message_factory, text_format
+from google.protobuf.internal.enum_type_wrapper import EnumTypeWrapper
 from mambaserve.contract.spec import EnsembleStep, ModelSpec, TensorSpec
-from tritonclient.grpc import model_config_pb2 as pb
+
+SCHEMA_FILE = "triton_model_config.binpb"
+
+
+def _schema() -> SimpleNamespace:
+    """The message classes and enums of Triton's model_config.proto, in a private descriptor pool."""
+    pool = descriptor_pool.DescriptorPool()
+    pool.AddSerializedFile(resources.files(__package__).joinpath(SCHEMA_FILE).read_bytes())
+
+    def message(name: str):
+        return message_factory.GetMessageClass(pool.FindMessageTypeByName(f"inference.{name}"))
+
+    data_type = pool.FindEnumTypeByName("inference.DataType")
+    return SimpleNamespace(
+        ModelConfig=message("ModelConfig"),
+        ModelInstanceGroup=message("ModelInstanceGroup"),
+        DataType=EnumTypeWrapper(data_type),
+        **{value.name: value.number for value in data_type.values},  # pb.TYPE_FP32, as in the generated module
+    )
+
+
+pb = _schema()
+"""``pb.ModelConfig``, ``pb.ModelInstanceGroup``, ``pb.DataType``, ``pb.TYPE_*``: the parts of
+tritonclient's ``model_config_pb2`` that the build uses, under the same names."""
 
 KINDS = ("KIND_CPU", "KIND_GPU")
 
@@ -177,3 +210,28 @@ def to_text(config: pb.ModelConfig) -> str:
 def from_text(text: str) -> pb.ModelConfig:
     """Parse config.pbtxt text; raises text_format.ParseError on a field the schema does not know."""
     return text_format.Parse(text, pb.ModelConfig())
+
+
+def vendor_schema(target: str | None = None) -> str:
+    """Write the schema file from the installed tritonclient's model_config_pb2 (a maintainer's step)."""
+    from tritonclient.grpc import model_config_pb2
+
+    path = target or str(resources.files(__package__).joinpath(SCHEMA_FILE))
+    with open(path, "wb") as f:
+        f.write(model_config_pb2.DESCRIPTOR.serialized_pb)
+    return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m mambaserve.build.model_config", description=vendor_schema.__doc__)
+    parser.add_argument("--vendor-schema", action="store_true", help=f"rewrite {SCHEMA_FILE} from tritonclient")
+    args = parser.parse_args(argv)
+    if not args.vendor_schema:
+        parser.print_help()
+        return 2
+    print(f"wrote {vendor_schema()}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

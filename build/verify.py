@@ -18,8 +18,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from mambaserve.build.model_config import from_text
-from tritonclient.grpc import model_config_pb2 as pb
+from mambaserve.build.model_config import from_text, pb
+from mambaserve.serving.server import ModelLoadError, TritonServer, free_port
 
 
 class WiringError(ValueError):
@@ -179,8 +179,6 @@ def check_loads(repository: str | Path, timeout: float = 300.0, log_path: str | 
 
     Raises :class:`mambaserve.serving.server.ModelLoadError` naming each model that failed and why.
     """
-    from mambaserve.serving.server import ModelLoadError, TritonServer, free_port
-
     with TritonServer(
         repository,
         http_port=free_port(),

@@ -9,20 +9,24 @@ import pytest
 from google.protobuf import text_format
 from mambaserve.build import model_config as mc
 from mambaserve.build.__main__ import _instances
-from mambaserve.build.repository import BuildOptions, _configs
+from mambaserve.build.repository import BuildOptions, _configs, warmup_files
 from mambaserve.build.verify import WiringError, check_ensemble, check_wiring, load_configs
 from mambaserve.build.versioning import latest_version, next_version, versions
 from mambaserve.contract import spec
 from mambaserve.serving.backends.common import bucket_frames, decode_prompts, pad_stack, validate_audio
-from tritonclient.grpc import model_config_pb2 as pb
+
+pb = mc.pb
 
 N_MELS, PREFIX_DIM, VOCAB = 80, 192, 256
 WARM = {"frames": 64, "prefix_len": 8, "prefix_valid": 8, "ctc_len": 16, "ctc_valid": 16}
 
 
 def make_configs(tmp_path, **options) -> dict[str, pb.ModelConfig]:
+    for relative, data in warmup_files(WARM).items():
+        (tmp_path / relative).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / relative).write_bytes(data)
     specs = spec.pipeline(N_MELS, PREFIX_DIM, VOCAB)
-    return _configs(specs, tmp_path, BuildOptions(**options), "onnxruntime_onnx", "model.onnx", WARM)
+    return _configs(specs, BuildOptions(**options), "onnxruntime_onnx", "model.onnx", WARM)
 
 
 def write_repository(tmp_path, configs) -> None:
@@ -39,6 +43,58 @@ def test_every_config_round_trips_through_text_format(tmp_path):
         text = mc.to_text(config)
         assert mc.from_text(text) == config
         assert mc.to_text(mc.from_text(text)) == text  # stable: an unchanged rebuild gives the same file
+
+
+def test_tritonclients_schema_reads_the_configs_the_same_way(tmp_path):
+    """The build's vendored model_config.proto and the installed tritonclient's agree on our configs."""
+    model_config_pb2 = pytest.importorskip("tritonclient.grpc.model_config_pb2")
+    for config in make_configs(tmp_path).values():
+        text = mc.to_text(config)
+        assert text_format.MessageToString(text_format.Parse(text, model_config_pb2.ModelConfig()), as_utf8=True) == text
+
+
+NO_TRITONCLIENT = """
+import runpy, sys
+
+class Refuse:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] == "tritonclient":
+            raise ImportError(f"{name} is blocked: the build must not need the serve extra")
+
+sys.meta_path.insert(0, Refuse())
+from mambaserve.build import repository, verify
+from mambaserve.build.__main__ import main
+from mambaserve.build.repository import BuildOptions, _configs, warmup_files
+from mambaserve.contract import spec
+from mambaserve.build import model_config as mc
+from pathlib import Path
+
+out = Path(sys.argv[1])
+warm = {"frames": 64, "prefix_len": 8, "prefix_valid": 8, "ctc_len": 16, "ctc_valid": 16}
+for relative, data in warmup_files(warm).items():
+    (out / relative).parent.mkdir(parents=True, exist_ok=True)
+    (out / relative).write_bytes(data)
+for name, config in _configs(spec.pipeline(80, 192, 256), BuildOptions(), "onnxruntime_onnx", "model.onnx", warm).items():
+    (out / name).mkdir(exist_ok=True)
+    (out / name / "config.pbtxt").write_text(mc.to_text(config))
+print("wired:", verify.check_wiring(out))
+sys.argv = ["python -m mambaserve.build", "--help"]
+try:
+    runpy.run_module("mambaserve.build", run_name="__main__")
+except SystemExit as e:
+    assert e.code == 0, e.code
+assert not [m for m in sys.modules if m.split(".")[0] == "tritonclient"]
+"""
+
+
+def test_the_build_does_not_import_tritonclient(tmp_path):
+    """`python -m mambaserve.build` (configs, wiring check, CLI) works without the serve extra's tritonclient."""
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-c", NO_TRITONCLIENT, str(tmp_path)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "wired: ['asr']" in proc.stdout
 
 
 def test_a_field_the_schema_does_not_know_is_rejected():
