@@ -10,8 +10,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import torch
-from mambaserve.model.config import FeatureConfig
+from mambaserve.model.config import FeatureConfig, ModelConfig
+from safetensors.torch import load_file
 from torch import Tensor, nn
 
 
@@ -22,18 +24,39 @@ def num_frames(num_samples: Tensor | int, config: FeatureConfig) -> Tensor | int
     return max(0, (num_samples - config.win_length) // config.hop_length + 1)
 
 
-def mel_filterbank(config: FeatureConfig) -> Tensor:
-    """[n_mels, n_fft // 2 + 1] Slaney mel filterbank (librosa's, so features match its reference)."""
-    import librosa
+def _hz_to_mel(hz: np.ndarray) -> np.ndarray:
+    """Slaney's mel scale: linear below 1 kHz (3 mels per 200 Hz), logarithmic above."""
+    hz = np.asarray(hz, dtype=np.float64)
+    linear = hz / (200.0 / 3)
+    return np.where(hz >= 1000.0, 15.0 + np.log(np.maximum(hz, 1e-10) / 1000.0) / (np.log(6.4) / 27.0), linear)
 
-    fb = librosa.filters.mel(
-        sr=config.sample_rate,
-        n_fft=config.n_fft,
-        n_mels=config.n_mels,
-        fmin=config.f_min,
-        fmax=config.f_max,
-    )
-    return torch.from_numpy(fb).float()
+
+def _mel_to_hz(mel: np.ndarray) -> np.ndarray:
+    mel = np.asarray(mel, dtype=np.float64)
+    return np.where(mel >= 15.0, 1000.0 * np.exp((np.log(6.4) / 27.0) * (mel - 15.0)), (200.0 / 3) * mel)
+
+
+def mel_filterbank(config: FeatureConfig) -> Tensor:
+    """[n_mels, n_fft // 2 + 1] Slaney-normalised triangular mel filters on Slaney's mel scale.
+
+    The same filters as ``librosa.filters.mel(sr, n_fft, n_mels, fmin, fmax)`` (its defaults
+    ``htk=False, norm="slaney"``), computed the way librosa does, in numpy (tested against librosa
+    to float32 rounding): the filterbank is all the feature extractor took from librosa, which
+    would otherwise load numba, scipy and llvmlite (~320 MB) into every serving stub.
+    """
+    n_freqs = config.n_fft // 2 + 1
+    fft_freqs = np.linspace(0.0, config.sample_rate / 2, n_freqs)
+    mel_edges = np.linspace(_hz_to_mel(config.f_min), _hz_to_mel(config.f_max), config.n_mels + 2)
+    hz_edges = _mel_to_hz(mel_edges)
+    widths = np.diff(hz_edges)
+    ramps = hz_edges[:, None] - fft_freqs[None, :]
+    weights = np.zeros((config.n_mels, n_freqs), dtype=np.float32)
+    for i in range(config.n_mels):
+        rising = -ramps[i] / widths[i]
+        falling = ramps[i + 2] / widths[i + 1]
+        weights[i] = np.maximum(0.0, np.minimum(rising, falling))
+    weights *= (2.0 / (hz_edges[2:] - hz_edges[:-2]))[:, None]  # equal area per filter (Slaney)
+    return torch.from_numpy(weights)
 
 
 class LogMel(nn.Module):
@@ -74,9 +97,6 @@ class LogMel(nn.Module):
 
 def load_feature_extractor(checkpoint_dir: str | Path) -> LogMel:
     """The checkpoint's feature extractor alone (the serving front end needs nothing else)."""
-    from mambaserve.model.config import ModelConfig
-    from safetensors.torch import load_file
-
     checkpoint_dir = Path(checkpoint_dir)
     config = ModelConfig.load(checkpoint_dir / "config.json")
     extractor = LogMel(config.features)

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import torch
 from mambaserve.kernels.scan_cpu import selective_scan_cpu
 from mambaserve.model.config import FeatureConfig
 from mambaserve.model.ctc import CTCPrefixScorer, ctc_greedy
-from mambaserve.model.features import LogMel, num_frames
+from mambaserve.model.features import LogMel, mel_filterbank, num_frames
 from mambaserve.model.network import SpeechMamba
 from mambaserve.model.search import beam_search, greedy_search
 
@@ -42,6 +45,34 @@ def test_features_match_librosa() -> None:
     feats, lengths = LogMel(cfg)(torch.from_numpy(audio)[None])
     assert feats.shape[1] == ref.shape[0] == int(lengths[0]) == num_frames(len(audio), cfg)
     assert rel_err(feats[0], torch.from_numpy(ref)) < 1e-5
+
+
+@pytest.mark.parametrize(
+    "settings", [{}, {"n_mels": 40, "f_min": 0.0, "f_max": 8000.0}, {"n_fft": 512, "n_mels": 64, "f_max": 7000.0}]
+)
+def test_mel_filterbank_is_librosas(settings) -> None:
+    import librosa
+
+    cfg = FeatureConfig(**settings)
+    ref = librosa.filters.mel(sr=cfg.sample_rate, n_fft=cfg.n_fft, n_mels=cfg.n_mels, fmin=cfg.f_min, fmax=cfg.f_max)
+    ours = mel_filterbank(cfg).numpy()
+    assert ours.dtype == ref.dtype and ours.shape == ref.shape
+    np.testing.assert_allclose(ours, ref, rtol=1e-6, atol=1e-9)
+
+
+def test_serving_code_does_not_load_librosa() -> None:
+    """librosa (numba, scipy, llvmlite: ~320 MB per stub) is a test reference only."""
+    code = (
+        "import sys\n"
+        "from mambaserve.model.features import LogMel, load_feature_extractor\n"
+        "from mambaserve.model.recognizer import Recognizer\n"
+        "from mambaserve.serving import state, streaming_engine\n"
+        "from mambaserve.model.config import FeatureConfig\n"
+        "LogMel(FeatureConfig())\n"
+        "print(sorted(m for m in ('librosa', 'numba', 'llvmlite') if m in sys.modules))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]", out
 
 
 def test_features_of_a_chunk_border_are_exact() -> None:
