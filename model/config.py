@@ -1,7 +1,9 @@
-"""Model and training configuration as dataclasses, saved as JSON beside every checkpoint.
+"""The model's configuration as dataclasses, saved as JSON beside every checkpoint.
 
 One config object describes the whole model, so that a checkpoint directory is self-describing:
 the build, the serving backends and evaluation rebuild the exact model from ``config.json``.
+:func:`from_dict` is the strict loader of every nested config here (and of training's): types are
+checked field by field (``"80"`` is not an ``int``), unknown keys are refused.
 """
 
 from __future__ import annotations
@@ -10,9 +12,32 @@ import dataclasses
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
+import dacite
 from mambaserve.contract.spec import SAMPLE_RATE
+
+T = TypeVar("T")
+
+
+def _int_to_float(value: Any) -> Any:
+    """YAML and JSON write 50 for 50.0: an int is a fine float (a bool or a string is not)."""
+    return float(value) if isinstance(value, int) and not isinstance(value, bool) else value
+
+
+STRICT = dacite.Config(strict=True, cast=[tuple], type_hooks={float: _int_to_float})
+"""Unknown keys are errors, every value must have its field's type (ints widen to floats, lists
+become tuples where a tuple is declared)."""
+
+
+def from_dict(cls: type[T], data: dict[str, Any]) -> T:
+    """A (nested) config dataclass from plain data; ValueError naming the field that does not fit."""
+    if not isinstance(data, dict):
+        raise ValueError(f"{cls.__name__}: expected a mapping of config keys, got {type(data).__name__}")
+    try:
+        return dacite.from_dict(cls, data, config=STRICT)
+    except dacite.DaciteError as e:
+        raise ValueError(f"{cls.__name__}: {e}") from None
 
 
 @dataclass
@@ -118,7 +143,7 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
-        return _from_dict(cls, data)
+        return from_dict(cls, data)
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
@@ -126,31 +151,3 @@ class ModelConfig:
     @classmethod
     def load(cls, path: str | Path) -> ModelConfig:
         return cls.from_dict(json.loads(Path(path).read_text()))
-
-
-def _from_dict(cls: type, data: dict[str, Any]) -> Any:
-    """Rebuild nested dataclasses; unknown keys are an error (a config from a newer format)."""
-    known = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = set(data) - set(known)
-    if unknown:
-        raise ValueError(f"{cls.__name__}: unknown config keys {sorted(unknown)}")
-    kwargs = {}
-    hints = {f.name: f.type for f in dataclasses.fields(cls)}
-    for name, value in data.items():
-        sub = _DATACLASSES.get(str(hints[name]))
-        kwargs[name] = _from_dict(sub, value) if sub is not None and isinstance(value, dict) else value
-    return cls(**kwargs)
-
-
-_DATACLASSES = {
-    c.__name__: c
-    for c in (
-        FeatureConfig,
-        MambaConfig,
-        EncoderConfig,
-        BridgeConfig,
-        DecoderConfig,
-        DecodingConfig,
-        ModelConfig,
-    )
-}

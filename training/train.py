@@ -19,6 +19,8 @@ import logging
 import math
 import os
 import random
+import re
+import shutil
 import sys
 import time
 from collections.abc import Iterator, Sequence
@@ -29,17 +31,19 @@ from typing import Any
 import numpy as np
 import torch
 import torch.distributed as dist
-from mambaserve.model.checkpoint import (
-    Checkpoint,
-    average_checkpoints,
-    load_checkpoint,
-    save_checkpoint,
-)
-from mambaserve.model.config import ModelConfig
+import yaml
+from mambaserve.model.checkpoint import Checkpoint, average_checkpoints, load_checkpoint, save_checkpoint
+from mambaserve.model.config import ModelConfig, from_dict
+from mambaserve.model.ctc import ctc_greedy
 from mambaserve.model.network import SpeechMamba
+from mambaserve.model.recognizer import Recognizer
+from mambaserve.model.scoring import score
 from mambaserve.model.tokenizer import Tokenizer, train_tokenizer
 from mambaserve.training.augment import SpecAugmentConfig, spec_augment, synthetic_prompt
+from mambaserve.training.bucketing import BucketBatchSampler
+from mambaserve.training.dataset import ManifestDataset, collate_audio, load_audio
 from torch import Tensor
+from tqdm import tqdm
 
 log = logging.getLogger("mambaserve.train")
 
@@ -77,30 +81,32 @@ class TrainConfig:
     average_last: int = 3
     stats_items: int = 400
     threads: int = 0
+    data_workers: int = 2  # DataLoader worker processes reading the batches' audio (0: in the training loop)
     device: str = "auto"
     progress: bool = True
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
-        data = dict(data)
-        model = ModelConfig.from_dict(data.pop("model", {}))
-        spec = SpecAugmentConfig(**data.pop("spec_augment", {}))
-        if "betas" in data:
-            data["betas"] = tuple(data["betas"])
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(data) - known
-        if unknown:
-            raise ValueError(f"TrainConfig: unknown keys {sorted(unknown)}")
-        return cls(model=model, spec_augment=spec, **data)
+        """Strict: unknown keys and values of the wrong type are ValueErrors naming the field."""
+        return from_dict(cls, data)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
 
-def load_config(path: str | Path | None, overrides: Sequence[str] = ()) -> TrainConfig:
-    """YAML config plus ``key.sub=value`` overrides (values parsed as YAML)."""
-    import yaml
+_EXPONENT_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
+"""1e-3: a float in YAML 1.2, a string to PyYAML (YAML 1.1 wants a dot: 1.0e-3)."""
 
+
+def _override_value(text: str) -> Any:
+    value = yaml.safe_load(text)
+    if isinstance(value, str) and _EXPONENT_FLOAT.fullmatch(text.strip()):
+        return float(text)
+    return value
+
+
+def load_config(path: str | Path | None, overrides: Sequence[str] = ()) -> TrainConfig:
+    """YAML config plus ``key.sub=value`` overrides (values parsed as YAML; ``1e-3`` is a float)."""
     data: dict[str, Any] = yaml.safe_load(Path(path).read_text()) if path else {}
     data = data or {}
     for item in overrides:
@@ -109,7 +115,7 @@ def load_config(path: str | Path | None, overrides: Sequence[str] = ()) -> Train
         *parents, leaf = key.split(".")
         for p in parents:
             node = node.setdefault(p, {})
-        node[leaf] = yaml.safe_load(value)
+        node[leaf] = _override_value(value)
     return TrainConfig.from_dict(data)
 
 
@@ -130,13 +136,21 @@ class Dist:
         if self.world > 1:
             dist.barrier()
 
+    def gather(self, obj: Any) -> list[Any] | None:
+        """Every rank's ``obj`` on rank 0, in rank order (None on the other ranks). All ranks must call it."""
+        if self.world == 1:
+            return [obj]
+        out = [None] * self.world if self.main else None
+        dist.gather_object(obj, out, dst=0)
+        return out
+
 
 def init_distributed(device: torch.device) -> Dist:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return Dist()
-    backend = "nccl" if device.type == "cuda" else "gloo"
-    dist.init_process_group(backend)
+    if not dist.is_initialized():  # a second Trainer in the same process (resume) joins the same group
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     return Dist(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
 
 
@@ -207,12 +221,12 @@ def make_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.A
 # Data
 # ------------------------------------------------------------------------------------------------
 class BatchStream:
-    """Endless batches from a resumable bucket sampler; tracks what was *consumed* for exact resume."""
+    """Endless batches from a resumable bucket sampler, read by a DataLoader with ``data_workers``
+    processes; tracks what the training loop *consumed* (workers read ahead) for exact resume."""
 
     def __init__(self, dataset: Any, config: TrainConfig, d: Dist) -> None:
-        from mambaserve.training.bucketing import BucketBatchSampler
-
         self.dataset = dataset
+        self.workers = config.data_workers
         self.sampler = BucketBatchSampler(
             dataset.durations,
             max_batch_seconds=config.max_batch_seconds,
@@ -231,15 +245,24 @@ class BatchStream:
     def load_state_dict(self, state: dict[str, int]) -> None:
         self.epoch, self.position = int(state["epoch"]), int(state["position"])
 
-    def __iter__(self) -> Iterator[dict[str, Any]]:
-        from mambaserve.training.dataset import collate_audio
+    def _loader(self, batches: list[list[int]]) -> torch.utils.data.DataLoader:
+        return torch.utils.data.DataLoader(
+            self.dataset,
+            batch_sampler=batches,
+            collate_fn=collate_audio,
+            num_workers=self.workers,
+            # Workers' seeds come from this generator, not the global RNG: starting an epoch must not
+            # move the training randomness (dropout, augmentation), or a resumed run would differ.
+            generator=torch.Generator().manual_seed(self.epoch),
+        )
 
+    def __iter__(self) -> Iterator[dict[str, Any]]:
         while True:
-            batches = self.sampler.epoch_batches(self.epoch)
-            while self.position < len(batches):
-                indices = batches[self.position]
-                self.position += 1
-                yield collate_audio([self.dataset[i] for i in indices])
+            remaining = self.sampler.epoch_batches(self.epoch)[self.position :]
+            if remaining:
+                for batch in self._loader(remaining):
+                    self.position += 1
+                    yield batch
             self.epoch, self.position = self.epoch + 1, 0
 
 
@@ -266,8 +289,6 @@ def feature_statistics(model: SpeechMamba, dataset: Any, n_items: int, seed: int
 # ------------------------------------------------------------------------------------------------
 class Trainer:
     def __init__(self, config: TrainConfig, resume: bool = False) -> None:
-        from mambaserve.training.dataset import ManifestDataset
-
         self.config = config
         self.out = Path(config.out_dir)
         self.device = pick_device(config.device, int(os.environ.get("LOCAL_RANK", "0")))
@@ -310,7 +331,7 @@ class Trainer:
             self._load_training_state(latest)
         self.writer = None
         if self.dist.main:
-            from torch.utils.tensorboard import SummaryWriter
+            from torch.utils.tensorboard import SummaryWriter  # the train extra; slow to import
 
             self.writer = SummaryWriter(str(self.out / "tb"))
 
@@ -331,18 +352,27 @@ class Trainer:
         return steps[-1] if steps else None
 
     # -- state ---------------------------------------------------------------------------------------
-    def _training_state(self) -> bytes:
+    def _rng_state(self) -> dict[str, Any]:
+        state = {"torch": torch.get_rng_state(), "python": self.rng.getstate(), "numpy": np.random.get_state()}
+        if torch.cuda.is_available():
+            state["cuda"] = torch.cuda.get_rng_state_all()
+        return state
+
+    def _set_rng_state(self, state: dict[str, Any]) -> None:
+        torch.set_rng_state(state["torch"])
+        self.rng.setstate(state["python"])
+        np.random.set_state(state["numpy"])
+        if state.get("cuda") is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda"])
+
+    def _training_state(self, rng_states: list[dict[str, Any]]) -> bytes:
         state = {
             "optimizer": self.optimizer.state_dict(),
             "schedule": self.schedule.state_dict(),
             "stream": self.stream.state_dict(),
-            "torch_rng": torch.get_rng_state(),
-            "python_rng": self.rng.getstate(),
-            "numpy_rng": np.random.get_state(),
+            "rng": rng_states,  # one per rank, in rank order: each rank augments differently
             "config": self.config.to_dict(),
         }
-        if torch.cuda.is_available():
-            state["cuda_rng"] = torch.cuda.get_rng_state_all()
         buffer = io.BytesIO()
         torch.save(state, buffer)
         return buffer.getvalue()
@@ -352,26 +382,29 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.schedule.load_state_dict(state["schedule"])
         self.stream.load_state_dict(state["stream"])
-        torch.set_rng_state(state["torch_rng"])
-        self.rng.setstate(state["python_rng"])
-        np.random.set_state(state["numpy_rng"])
-        if "cuda_rng" in state and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(state["cuda_rng"])
+        ranks = state.get("rng")
+        if ranks is None:  # written before per-rank states: rank 0's, for every rank
+            ranks = [{"torch": state["torch_rng"], "python": state["python_rng"], "numpy": state["numpy_rng"],
+                      "cuda": state.get("cuda_rng")}]  # fmt: skip
+        if len(ranks) == self.dist.world:
+            self._set_rng_state(ranks[self.dist.rank])
+        else:
+            log.warning("%s holds random states of %d ranks, this run has %d: fresh per-rank seeds",
+                        path, len(ranks), self.dist.world)  # fmt: skip
         log.info("resumed from %s at step %d", path, self.schedule.step_count)
 
     def save(self) -> Path:
         """Write checkpoints/step_N (crash-safe) and drop the oldest beyond keep_last."""
         step = self.schedule.step_count
         path = self.out / "checkpoints" / f"step_{step:07d}"
+        rng_states = self.dist.gather(self._rng_state())  # every rank takes part; rank 0 writes
         if self.dist.main:
             save_checkpoint(
                 path, self.model, self.tokenizer, self.model_config,
-                extra_files={TRAINING_STATE: self._training_state()},
+                extra_files={TRAINING_STATE: self._training_state(rng_states)},
             )  # fmt: skip
             kept = sorted((self.out / "checkpoints").glob("step_*"))
             for old in kept[: -self.config.keep_last]:
-                import shutil
-
                 shutil.rmtree(old, ignore_errors=True)
         self.dist.barrier()
         return path
@@ -423,11 +456,6 @@ class Trainer:
         long before its free-running transcripts improve)."""
         if not self.dev_items:
             return {}
-        from mambaserve.model.ctc import ctc_greedy
-        from mambaserve.model.recognizer import Recognizer
-        from mambaserve.model.scoring import score
-        from mambaserve.training.dataset import collate_audio, load_audio
-
         self.model.eval()
         rec = Recognizer(Checkpoint(self.model, self.tokenizer, self.model_config, self.out), self.device)
         hyps, ctc_hyps, refs = [], [], []
@@ -453,8 +481,6 @@ class Trainer:
 
     # -- the loop ----------------------------------------------------------------------------------
     def fit(self) -> Path:
-        from tqdm import tqdm
-
         c = self.config
         bar = tqdm(total=c.max_steps, initial=self.schedule.step_count, desc="train", unit="step",
                    disable=not (c.progress and self.dist.main), dynamic_ncols=True)  # fmt: skip

@@ -67,9 +67,12 @@ def test_tiny_batch_overfits(tiny_corpus: Path) -> None:
 
 
 def test_resume_continues_exactly(tiny_train_config) -> None:
-    """Save at step 2, take step 3; a resumed trainer's step 3 has the same loss, bit for bit."""
+    """Save at step 2, take step 3; a resumed trainer's step 3 has the same loss, bit for bit.
+
+    Batches come from DataLoader workers, which read ahead: the stream counts what was consumed."""
     config = tiny_train_config
     config.prompt_augment = 0.5  # exercise the python RNG too
+    config.data_workers = 2
     first = Trainer(config)
     batches = iter(first.stream)
     for _ in range(2):
@@ -127,7 +130,12 @@ DDP_SCRIPT = textwrap.dedent(
     batch = next(iter(trainer.stream))
     trainer.train_step(batch)
     after = hashlib.sha256(b"".join(p.detach().numpy().tobytes() for p in trainer.model.parameters())).hexdigest()
-    out = {"rank": trainer.dist.rank, "world": trainer.dist.world, "ids": batch["ids"], "before": before, "after": after}
+    rng = lambda: hashlib.sha256(torch.get_rng_state().numpy().tobytes() + repr(trainer.rng.getstate()).encode()).hexdigest()
+    saved = rng()
+    trainer.save()  # every rank's random state goes into the checkpoint
+    trainer = Trainer(config, resume=True)
+    out = {"rank": trainer.dist.rank, "world": trainer.dist.world, "ids": batch["ids"], "before": before, "after": after,
+           "rng_saved": saved, "rng_resumed": rng()}
     with open(os.path.join(sys.argv[2], f"rank{trainer.dist.rank}.json"), "w") as f:
         json.dump(out, f)
     torch.distributed.destroy_process_group()
@@ -155,6 +163,30 @@ def test_two_process_ddp_step(tiny_train_config, tmp_path: Path) -> None:
     assert not set(r0["ids"]) & set(r1["ids"])
     assert r0["before"] == r1["before"]  # same initialisation broadcast
     assert r0["after"] == r1["after"] != r0["before"]  # gradients were averaged, weights moved together
+    # --resume: each rank continues from its own random state, not rank 0's (augmentation differs per rank)
+    assert r0["rng_saved"] != r1["rng_saved"]
+    assert (r0["rng_resumed"], r1["rng_resumed"]) == (r0["rng_saved"], r1["rng_saved"])
+
+
+def test_configs_are_checked_strictly(tiny_train_config, tmp_path: Path) -> None:
+    data = ModelConfig().to_dict()
+    data["features"]["n_mels"] = "80"
+    with pytest.raises(ValueError, match='features.n_mels.*"int".*"80"'):
+        ModelConfig.from_dict(data)
+    data["features"]["n_mels"] = 80
+    data["decoder"]["dropout"] = 0  # an int is a fine float
+    assert ModelConfig.from_dict(data).decoder.dropout == 0.0
+    data["decoding"]["beam"] = 4
+    with pytest.raises(ValueError, match="beam"):
+        ModelConfig.from_dict(data)
+    from mambaserve.training.train import load_config
+
+    with pytest.raises(ValueError, match="max_steps"):
+        load_config(None, ["max_steps='80'"])
+    with pytest.raises(ValueError, match="warmup_step"):
+        load_config(None, ["warmup_step=5"])
+    config = load_config(None, ["lr=1e-3", "model.bridge.kind=perceiver", "betas=[0.9, 0.95]"])
+    assert (config.lr, config.model.bridge.kind, config.betas) == (1e-3, "perceiver", (0.9, 0.95))
 
 
 def test_lora_adapters_load_and_merge(tiny_train_config, tiny_corpus: Path, tmp_path: Path) -> None:
