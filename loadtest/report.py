@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from mambaserve.clients.metrics import scrape
 from mambaserve.contract import spec
 from mambaserve.loadtest import procs, server_stats
 from mambaserve.loadtest.clips import Clip, clip_of_length, default_manifest, load_clips
@@ -175,16 +176,11 @@ class Window:
         self.ctx = ctx
 
     def _tokens(self) -> float:
-        """mambaserve_tokens_generated_total of the offline decoder (0 without a metrics URL)."""
+        """mambaserve_tokens_generated_total of the offline decoder (0 without a metrics URL; KeyError
+        when the server does not export it: a renamed series must not read as zero tokens)."""
         if not self.ctx.metrics_url:
             return 0.0
-        import urllib.request
-
-        with urllib.request.urlopen(f"http://{self.ctx.metrics_url}/metrics", timeout=10) as resp:
-            for line in resp.read().decode().splitlines():
-                if line.startswith(f'{TOKENS}{{model="{spec.DECODER}"}}'):
-                    return float(line.rsplit(" ", 1)[1])
-        return 0.0
+        return scrape(self.ctx.metrics_url).value(TOKENS, model=spec.DECODER)
 
     def __enter__(self) -> Window:
         self.tokens0 = self._tokens()
@@ -197,7 +193,7 @@ class Window:
     def __exit__(self, *exc) -> None:
         self.wall = time.monotonic() - self.t0
         self.host = _host_cpu_seconds() - self.host0
-        self.profile = server_stats.diff(self.stats0, server_stats.snapshot(self.ctx.http_url))
+        self.profile = server_stats.diff(self.stats0, server_stats.settled_snapshot(self.ctx.http_url))
         after = procs.snapshot(self.ctx.server_pid) if self.ctx.server_pid else {}
         self.cpu = {k: after[k]["cpu_seconds"] - self.procs0.get(k, {}).get("cpu_seconds", 0.0) for k in after}
         self.tokens = self._tokens() - self.tokens0

@@ -9,6 +9,7 @@ time goes inside the ensemble, measured by the server itself.
 from __future__ import annotations
 
 import json
+import time
 import urllib.request
 from dataclasses import asdict, dataclass, field
 
@@ -18,6 +19,23 @@ def snapshot(http_url: str, timeout: float = 10.0) -> dict[str, dict]:
     with urllib.request.urlopen(f"http://{http_url}/v2/models/stats", timeout=timeout) as resp:
         stats = json.loads(resp.read())["model_stats"]
     return {m["name"]: m for m in stats}
+
+
+def settled_snapshot(http_url: str, timeout: float = 3.0, interval: float = 0.05) -> dict[str, dict]:
+    """A snapshot taken once the statistics stopped moving (two in a row alike, or `timeout`).
+
+    Triton counts a request in its statistics just after the response is sent, so a snapshot taken
+    the moment the last answer arrives can miss it.
+    """
+    deadline = time.monotonic() + timeout
+    last = snapshot(http_url)
+    while time.monotonic() < deadline:
+        time.sleep(interval)
+        now = snapshot(http_url)
+        if now == last:
+            return now
+        last = now
+    return last
 
 
 @dataclass

@@ -1,4 +1,5 @@
-"""What every mambaserve locust user shares: settings from the command line, clips, request events.
+"""What every mambaserve locust user shares: settings from the command line, clips, and the one way a
+request is reported to locust (`TritonUser.fire`).
 
 gRPC under locust: locust runs users as gevent greenlets, and grpcio blocks the whole process unless
 `grpc.experimental.gevent.init_gevent()` ran before the first channel was made (without it
@@ -70,7 +71,12 @@ def set_rate(per_user: float) -> None:
 
 
 class TritonUser(User):
-    """Base class: `key` names the user in `--mix`; subclasses implement `call(clip) -> transcript`."""
+    """Base class: `key` names the user in `--mix`; `request_type` groups its requests in the results.
+
+    A user holds one product client in ``self._client`` (opened in ``on_start``, closed in ``on_stop``
+    while gevent still runs) and reports every request through :meth:`fire`, which the locustfile's
+    exact record and locust's own statistics both listen to.
+    """
 
     abstract = True
     key = ""
@@ -81,15 +87,36 @@ class TritonUser(User):
     def __init__(self, environment):
         super().__init__(environment)
         self._rng = random.Random(SETTINGS.seed * 100_003 + next(_USER_IDS))
+        self._client = None
+
+    def on_stop(self) -> None:
+        close_now(self)
 
     def pick(self) -> Clip:
         return self._rng.choice(SETTINGS.clips)
+
+    def fire(self, name: str, response_time_ms: float, exception: BaseException | None = None, length: int = 0,
+             **context) -> None:  # fmt: skip
+        """Report one request to locust: ``context`` carries ``audio_seconds`` (RTFx) and what else helps."""
+        self.environment.events.request.fire(
+            request_type=self.request_type,
+            name=name,
+            response_time=response_time_ms,
+            response_length=length,
+            exception=exception,
+            context=context,
+        )
+
+    def fire_since(self, name: str, started: float, exception: BaseException | None = None, length: int = 0,
+                   **context) -> None:  # fmt: skip
+        """:meth:`fire` for a request that began at ``started`` (``time.perf_counter()``)."""
+        self.fire(name, (time.perf_counter() - started) * 1000.0, exception, length, **context)
 
     def call(self, clip: Clip) -> str:  # pragma: no cover - abstract
         raise NotImplementedError
 
     def timed(self, clip: Clip) -> None:
-        """One request, reported to locust (failures and wrong answers included)."""
+        """One `call(clip)` request, reported to locust (failures and wrong answers included)."""
         start = time.perf_counter()
         exc: BaseException | None = None
         text = ""
@@ -100,11 +127,4 @@ class TritonUser(User):
                 raise WrongAnswer(f"clip {clip.id}: got {text!r}, single-request reference {want!r}")
         except Exception as e:  # reported as a failure, the user goes on
             exc = e
-        self.environment.events.request.fire(
-            request_type=self.request_type,
-            name=self.request_name,
-            response_time=(time.perf_counter() - start) * 1000.0,
-            response_length=len(text),
-            exception=exc,
-            context={"audio_seconds": clip.seconds, "clip": clip.id},
-        )
+        self.fire_since(self.request_name, start, exc, len(text), audio_seconds=clip.seconds, clip=clip.id)

@@ -9,7 +9,8 @@
   ``--session-prompts`` times from the kept state ("decoder_session generate": request to final
   token; the per-token time goes to the request context), then closes it.
 
-Both hold one tritonclient per user (greenlet) and close it in on_stop, while gevent still runs.
+Both hold one product client per user (greenlet), closed in on_stop while gevent still runs, and
+report through `TritonUser.fire` like every other user.
 """
 
 from __future__ import annotations
@@ -37,23 +38,7 @@ def _option(user, name: str, default):
     return getattr(options, name, default) if options is not None else default
 
 
-class _Closing(TritonUser):
-    abstract = True
-
-    def on_stop(self) -> None:
-        client, self._client = getattr(self, "_client", None), None
-        if client is not None:
-            client.close()  # now, while gevent runs (see users.base)
-            del client
-
-    def fire(self, name: str, started: float, exc: BaseException | None, length: int = 0, **context) -> None:
-        self.environment.events.request.fire(
-            request_type=self.request_type, name=name, response_time=(time.perf_counter() - started) * 1000.0,
-            response_length=length, exception=exc, context=context,
-        )  # fmt: skip
-
-
-class GrpcStreamingUser(_Closing):
+class GrpcStreamingUser(TritonUser):
     """Live streams to `asr_streaming`: one locust request per chunk."""
 
     key = "grpc_streaming"
@@ -74,17 +59,13 @@ class GrpcStreamingUser(_Closing):
         try:
             for r in self._client.stream(clip.audio, chunk_ms=chunk_ms, speed=speed, prompt=clip.prompt):
                 seconds = min(chunk_ms / 1000, max(0.0, clip.seconds - r.index * chunk_ms / 1000))
-                self.environment.events.request.fire(
-                    request_type=self.request_type,
-                    name="asr_streaming final" if r.is_final else self.request_name,
-                    response_time=r.latency_s * 1000.0, response_length=len(r.text), exception=None,
-                    context={"audio_seconds": seconds, "clip": clip.id},
-                )  # fmt: skip
+                name = "asr_streaming final" if r.is_final else self.request_name
+                self.fire(name, r.latency_s * 1000.0, None, len(r.text), audio_seconds=seconds, clip=clip.id)
         except Exception as e:  # the stream failed: one failure, the user goes on with the next clip
-            self.fire(self.request_name, sent, e, clip=clip.id)
+            self.fire_since(self.request_name, sent, e, clip=clip.id)
 
 
-class GrpcSessionUser(_Closing):
+class GrpcSessionUser(TritonUser):
     """Decoder sessions: open on a clip, several generations from the kept state, close."""
 
     key = "grpc_session"
@@ -103,9 +84,9 @@ class GrpcSessionUser(_Closing):
         try:
             session = self._client.open(clip.audio)
         except Exception as e:
-            self.fire("decoder_session open", started, e, clip=clip.id)
+            self.fire_since("decoder_session open", started, e, clip=clip.id)
             return
-        self.fire("decoder_session open", started, None, audio_seconds=clip.seconds, clip=clip.id)
+        self.fire_since("decoder_session open", started, None, audio_seconds=clip.seconds, clip=clip.id)
         max_tokens = int(_option(self, "session_max_tokens", 0)) or None
         try:
             for k in range(int(_option(self, "session_prompts", 3))):
@@ -113,15 +94,15 @@ class GrpcSessionUser(_Closing):
                 try:
                     g = session.generate(PROMPTS[k % len(PROMPTS)] or None, max_tokens=max_tokens)
                 except Exception as e:
-                    self.fire(self.request_name, started, e, clip=clip.id)
+                    self.fire_since(self.request_name, started, e, clip=clip.id)
                     continue
-                self.fire(self.request_name, started, None, len(g.text), clip=clip.id, tokens=len(g.token_ids),
+                self.fire_since(self.request_name, started, None, len(g.text), clip=clip.id, tokens=len(g.token_ids),
                           ms_per_token=(g.per_token_s or 0.0) * 1000, history=g.history_length)  # fmt: skip
         finally:
             started = time.perf_counter()
             try:
                 session.close()
-                self.fire("decoder_session close", started, None)
+                self.fire_since("decoder_session close", started, None)
             except Exception as e:
-                self.fire("decoder_session close", started, e)
+                self.fire_since("decoder_session close", started, e)
 
