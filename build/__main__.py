@@ -38,30 +38,81 @@ def main(argv: list[str] | None = None) -> int:
         prog="python -m mambaserve.build",
         description="Build a new version of every model of a Triton model repository from a checkpoint.",
     )
-    parser.add_argument("--checkpoint", required=True, help="checkpoint directory (model.safetensors, config.json, tokenizer.model)")
-    parser.add_argument("--out", default="model_repository", help="model repository to add the new versions to")
-    parser.add_argument("--tensorrt", action="store_true", help="build a TensorRT engine for the encoder (needs tensorrt + a GPU)")
+    parser.add_argument(
+        "--checkpoint",
+        required=True,
+        help="checkpoint directory (model.safetensors, config.json, tokenizer.model)",
+    )
+    parser.add_argument(
+        "--out", default="model_repository", help="model repository to add the new versions to"
+    )
+    parser.add_argument(
+        "--tensorrt",
+        action="store_true",
+        help="build a TensorRT engine for the encoder (needs tensorrt + a GPU)",
+    )
     parser.add_argument("--fp16", action="store_true", help="TensorRT engine in FP16")
     parser.add_argument("--gpu", action="store_true", help="KIND_GPU instances for the encoder and decoder")
-    parser.add_argument("--instances", action="append", default=[], metavar="N|MODEL=N", help="instances per model (repeatable)")
-    parser.add_argument("--ort-threads", type=int, default=1, help="onnxruntime intra-op threads per encoder instance (0: all cores)")
-    parser.add_argument("--torch-threads", type=int, default=1, help="torch threads per python model instance (0: all cores)")
-    parser.add_argument("--decoding-method", choices=["greedy", "beam"], default=None, help="default: the checkpoint's")
+    parser.add_argument(
+        "--instances",
+        action="append",
+        default=[],
+        metavar="N|MODEL=N",
+        help="instances per model (repeatable)",
+    )
+    parser.add_argument(
+        "--ort-threads",
+        type=int,
+        default=1,
+        help="onnxruntime intra-op threads per encoder instance (0: all cores)",
+    )
+    parser.add_argument(
+        "--torch-threads", type=int, default=1, help="torch threads per python model instance (0: all cores)"
+    )
+    parser.add_argument(
+        "--decoding-method", choices=["greedy", "beam"], default=None, help="default: the checkpoint's"
+    )
     parser.add_argument("--max-queue-delay-us", type=int, default=spec.MAX_QUEUE_DELAY_MICROSECONDS)
-    parser.add_argument("--no-verify-load", action="store_true", help="skip loading the result in a real tritonserver")
-    parser.add_argument("--stream-slots", type=int, default=spec.STREAM_SLOTS,
-                        help="concurrent asr_streaming sequences per streaming instance (default: %(default)s)")
-    parser.add_argument("--stream-idle-s", type=float, default=spec.STREAM_IDLE_SECONDS,
-                        help="free an asr_streaming sequence idle this long (default: %(default)s)")
-    parser.add_argument("--session-slots", type=int, default=spec.SESSION_SLOTS,
-                        help="concurrent decoder sessions (default: %(default)s)")
-    parser.add_argument("--session-idle-s", type=float, default=spec.SESSION_IDLE_SECONDS,
-                        help="close a decoder session idle this long (default: %(default)s)")
-    parser.add_argument("--session-state-dtype", choices=["float32", "float16", "bfloat16"], default="float32",
-                        help="storage of kept session states (float16/bfloat16 halve it; default: %(default)s, exact)")
-    parser.add_argument("--decode-step", choices=["onnx", "torch"], default="onnx",
-                        help="what CPU instances generate tokens with: the compiled step in ONNX Runtime or eager "
-                             "PyTorch (default: %(default)s; GPU instances always use PyTorch + the Triton kernels)")
+    parser.add_argument(
+        "--no-verify-load", action="store_true", help="skip loading the result in a real tritonserver"
+    )
+    parser.add_argument(
+        "--stream-slots",
+        type=int,
+        default=spec.STREAM_SLOTS,
+        help="concurrent asr_streaming sequences per streaming instance (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--stream-idle-s",
+        type=float,
+        default=spec.STREAM_IDLE_SECONDS,
+        help="free an asr_streaming sequence idle this long (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--session-slots",
+        type=int,
+        default=spec.SESSION_SLOTS,
+        help="concurrent decoder sessions (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--session-idle-s",
+        type=float,
+        default=spec.SESSION_IDLE_SECONDS,
+        help="close a decoder session idle this long (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--session-state-dtype",
+        choices=["float32", "float16", "bfloat16"],
+        default="float32",
+        help="storage of kept session states (float16/bfloat16 halve it; default: %(default)s, exact)",
+    )
+    parser.add_argument(
+        "--decode-step",
+        choices=["onnx", "torch"],
+        default="onnx",
+        help="what CPU instances generate tokens with: the compiled step in ONNX Runtime or eager "
+        "PyTorch (default: %(default)s; GPU instances always use PyTorch + the Triton kernels)",
+    )
     args = parser.parse_args(argv)
     try:
         instances = _instances(args.instances)

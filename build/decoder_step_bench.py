@@ -21,7 +21,9 @@ import time
 from pathlib import Path
 
 
-def measure(decoder, steps: dict, batch: int, tokens: int, repeats: int, seed: int = 0) -> dict[str, list[float]]:
+def measure(
+    decoder, steps: dict, batch: int, tokens: int, repeats: int, seed: int = 0
+) -> dict[str, list[float]]:
     """ms per decode step of each named step function, `repeats` alternating runs each."""
     import torch
     from mambaserve.model.search import greedy_search
@@ -34,20 +36,26 @@ def measure(decoder, steps: dict, batch: int, tokens: int, repeats: int, seed: i
         start = decoder.prefill(prefix, torch.full((batch,), 40), prompts)
     times: dict[str, list[float]] = {name: [] for name in steps}
     for r in range(repeats + 1):  # the first round warms up and is dropped
-        for name in (list(steps) if r % 2 == 0 else list(steps)[::-1]):
+        for name in list(steps) if r % 2 == 0 else list(steps)[::-1]:
             state = start[1].clone()
             t0 = time.perf_counter()
             with torch.inference_mode():
-                greedy_search(decoder, None, prompts, [tokens] * batch, -1, start=(start[0], state), step=steps[name])
+                greedy_search(
+                    decoder, None, prompts, [tokens] * batch, -1, start=(start[0], state), step=steps[name]
+                )
             if r:
                 times[name].append(1000 * (time.perf_counter() - t0) / tokens)
     return times
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m mambaserve.build.decoder_step_bench", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(
+        prog="python -m mambaserve.build.decoder_step_bench", description=__doc__.splitlines()[0]
+    )
     p.add_argument("--checkpoint", required=True)
-    p.add_argument("--step-onnx", default=None, help=f"an exported {'decoder_step.onnx'} (default: export one now)")
+    p.add_argument(
+        "--step-onnx", default=None, help=f"an exported {'decoder_step.onnx'} (default: export one now)"
+    )
     p.add_argument("--batches", default="1,16")
     p.add_argument("--tokens", type=int, default=32)
     p.add_argument("--repeats", type=int, default=7)
@@ -68,14 +76,21 @@ def main(argv: list[str] | None = None) -> int:
         export_decoder_step(DecoderStepForExport(decoder), path)
     steps = {"torch": decoder.step, "onnx": OnnxDecodeStep(path, threads=1)}
     c = decoder.config.mamba
-    print(f"decoder: {c.n_layers} layers, d_model {c.d_model}, d_state {c.d_state}, vocab {decoder.embed.num_embeddings}; "
-          f"load average {os.getloadavg()[0]:.1f}", flush=True)  # fmt: skip
-    print("| batch | torch ms/step (median) | onnx ms/step (median) | speed-up | torch / onnx ms per row-token |")
+    print(
+        f"decoder: {c.n_layers} layers, d_model {c.d_model}, d_state {c.d_state}, vocab {decoder.embed.num_embeddings}; "
+        f"load average {os.getloadavg()[0]:.1f}",
+        flush=True,
+    )
+    print(
+        "| batch | torch ms/step (median) | onnx ms/step (median) | speed-up | torch / onnx ms per row-token |"
+    )
     print("|---:|---:|---:|---:|---:|")
     for batch in [int(b) for b in args.batches.split(",")]:
         t = measure(decoder, steps, batch, args.tokens, args.repeats)
         a, b = statistics.median(t["torch"]), statistics.median(t["onnx"])
-        print(f"| {batch} | {a:.3f} | {b:.3f} | {a / b:.1f}x | {a / batch:.3f} / {b / batch:.3f} |", flush=True)
+        print(
+            f"| {batch} | {a:.3f} | {b:.3f} | {a / b:.1f}x | {a / batch:.3f} / {b / batch:.3f} |", flush=True
+        )
     print(f"load average at the end {os.getloadavg()[0]:.1f}")
     return 0
 

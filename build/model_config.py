@@ -39,7 +39,9 @@ def _schema() -> SimpleNamespace:
         ModelConfig=message("ModelConfig"),
         ModelInstanceGroup=message("ModelInstanceGroup"),
         DataType=EnumTypeWrapper(data_type),
-        **{value.name: value.number for value in data_type.values},  # pb.TYPE_FP32, as in the generated module
+        **{
+            value.name: value.number for value in data_type.values
+        },  # pb.TYPE_FP32, as in the generated module
     )
 
 
@@ -223,8 +225,12 @@ def vendor_schema(target: str | None = None) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m mambaserve.build.model_config", description=vendor_schema.__doc__)
-    parser.add_argument("--vendor-schema", action="store_true", help=f"rewrite {SCHEMA_FILE} from tritonclient")
+    parser = argparse.ArgumentParser(
+        prog="python -m mambaserve.build.model_config", description=vendor_schema.__doc__
+    )
+    parser.add_argument(
+        "--vendor-schema", action="store_true", help=f"rewrite {SCHEMA_FILE} from tritonclient"
+    )
     args = parser.parse_args(argv)
     if not args.vendor_schema:
         parser.print_help()

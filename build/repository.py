@@ -44,10 +44,14 @@ BUILD_FORMAT = 4
 PYTHON_MODELS = {
     spec.FEATURE_EXTRACTOR: ("mambaserve.serving.backends.feature_extractor", ("features",)),
     spec.DECODER: ("mambaserve.serving.backends.decoder", ("decoder",)),
-    spec.STREAMING_ENCODER: ("mambaserve.serving.backends.streaming_encoder", ("features", "encoder", "ctc_head", "bridge")),
+    spec.STREAMING_ENCODER: (
+        "mambaserve.serving.backends.streaming_encoder",
+        ("features", "encoder", "ctc_head", "bridge"),
+    ),
     spec.STREAMING_DECODER: ("mambaserve.serving.backends.streaming_decoder", ("decoder",)),
     spec.DECODER_SESSION: (
-        "mambaserve.serving.backends.decoder_session", ("features", "encoder", "ctc_head", "bridge", "decoder")
+        "mambaserve.serving.backends.decoder_session",
+        ("features", "encoder", "ctc_head", "bridge", "decoder"),
     ),
 }
 """python model -> (library module with its TritonPythonModel, checkpoint parts it needs)."""
@@ -107,9 +111,13 @@ class BuildOptions:
         if self.decode_step not in DECODE_STEPS:
             raise ValueError(f"decode_step must be one of {DECODE_STEPS}, not {self.decode_step!r}")
         if self.session_state_dtype not in SESSION_STATE_DTYPES:
-            raise ValueError(f"session_state_dtype must be one of {SESSION_STATE_DTYPES}, not {self.session_state_dtype!r}")
+            raise ValueError(
+                f"session_state_dtype must be one of {SESSION_STATE_DTYPES}, not {self.session_state_dtype!r}"
+            )
         if int(self.instances.get(spec.DECODER_SESSION, 1)) != 1:
-            raise ValueError(f"{spec.DECODER_SESSION} runs as one instance (a session's state lives in one process)")
+            raise ValueError(
+                f"{spec.DECODER_SESSION} runs as one instance (a session's state lives in one process)"
+            )
 
 
 @dataclass
@@ -129,7 +137,9 @@ def checkpoint_digest(path: str | Path) -> str:
     Documentation beside them (a model card, a training report) does not make a built repository stale.
     """
     h = hashlib.sha256()
-    for f in sorted(Path(path) / name for name in (WEIGHTS, CONFIG, TOKENIZER) if (Path(path) / name).is_file()):
+    for f in sorted(
+        Path(path) / name for name in (WEIGHTS, CONFIG, TOKENIZER) if (Path(path) / name).is_file()
+    ):
         h.update(f.name.encode() + b"\0")
         with open(f, "rb") as fh:
             for chunk in iter(lambda: fh.read(1 << 20), b""):
@@ -215,12 +225,14 @@ def build_repository(
 
         steps.start(f"checking ONNX against PyTorch at (batch, frames) {list(encoder_export.PARITY_SHAPES)}")
         parity = encoder_export.check_parity(
-            onnx_path, encoder_module, n_mels=n_mels,
+            onnx_path,
+            encoder_module,
+            n_mels=n_mels,
             trace_shape=encoder_export.TRACE_SHAPE if exporter is encoder_export.export_onnx else None,
             progress=lambda r: log(
                 f"      batch={r.batch} frames={r.frames}: max relative error {r.worst:.2e} (limit {encoder_export.RTOL:g})"
             ),
-        )  # fmt: skip
+        )
 
         steps.start("TensorRT engine")
         platform = ONNX_PLATFORM
@@ -228,11 +240,17 @@ def build_repository(
         if skipped:
             log(f"      skipped: {skipped}; the encoder is served from ONNX")
         else:
-            profile = tensorrt_engine.Profile().resolved(config.features.sample_rate / config.features.hop_length)
+            profile = tensorrt_engine.Profile().resolved(
+                config.features.sample_rate / config.features.hop_length
+            )
             plan = tensorrt_engine.build_engine(
-                onnx_path, enc_dir / tensorrt_engine.PLAN_FILENAME, n_mels=n_mels, profile=profile,
-                fp16=options.fp16, log=log,
-            )  # fmt: skip
+                onnx_path,
+                enc_dir / tensorrt_engine.PLAN_FILENAME,
+                n_mels=n_mels,
+                profile=profile,
+                fp16=options.fp16,
+                log=log,
+            )
             _check_engine(plan, onnx_path, n_mels, options.fp16, log)
             onnx_path.unlink()  # the plan replaces it; keeping both would make the folder ambiguous
             platform = TENSORRT_PLATFORM
@@ -246,14 +264,19 @@ def build_repository(
         step_path = staging / spec.DECODER_STEP_FILE
         step_export.export_decoder_step(DecoderStepForExport(ckpt.model.decoder), step_path)
         step_export.check_step_parity(
-            step_path, ckpt.model.decoder,
-            progress=lambda r: log(f"      batch={r.batch}: max relative error {r.worst:.2e} (limit {step_export.RTOL:g})"),
-        )  # fmt: skip
+            step_path,
+            ckpt.model.decoder,
+            progress=lambda r: log(
+                f"      batch={r.batch}: max relative error {r.worst:.2e} (limit {step_export.RTOL:g})"
+            ),
+        )
         rollout = step_export.check_rollout_parity(step_path, ckpt.model.decoder)
-        log(f"      greedy rollout, {rollout.batch} random prefixes x {rollout.steps} tokens: same tokens"
+        log(
+            f"      greedy rollout, {rollout.batch} random prefixes x {rollout.steps} tokens: same tokens"
             f"{f' (up to {rollout.ties} exact ties)' if rollout.ties else ''}, logits max relative error "
             f"{rollout.worst_logits:.2e} (limit {step_export.ROLLOUT_RTOL:g}); "
-            f"{spec.DECODER_STEP_FILE}: {step_path.stat().st_size / 1e6:.1f} MB")  # fmt: skip
+            f"{spec.DECODER_STEP_FILE}: {step_path.stat().st_size / 1e6:.1f} MB"
+        )
 
         steps.start(f"packaging the python models ({', '.join(PYTHON_MODELS)}): weights, tokenizer, config")
         for name, (module, parts) in PYTHON_MODELS.items():
@@ -311,9 +334,14 @@ def build_repository(
         shutil.rmtree(staging, ignore_errors=True)
 
     result = BuildResult(
-        repository=out, versions=versions, encoder_platform=platform, checkpoint_sha256=digest,
-        tensorrt_skipped=skipped, parity=parity, seconds=time.monotonic() - started,
-    )  # fmt: skip
+        repository=out,
+        versions=versions,
+        encoder_platform=platform,
+        checkpoint_sha256=digest,
+        tensorrt_skipped=skipped,
+        parity=parity,
+        seconds=time.monotonic() - started,
+    )
     log(f"built {out} in {result.seconds:.0f} s: " + ", ".join(f"{k} v{v}" for k, v in versions.items()))
     return result
 
@@ -358,13 +386,25 @@ def warmup_files(warm: dict) -> dict[str, bytes]:
     }
 
 
-def generate_configs(config: ModelConfig, options: BuildOptions, warm: dict, platform: str = ONNX_PLATFORM) -> dict[str, str]:
+def generate_configs(
+    config: ModelConfig, options: BuildOptions, warm: dict, platform: str = ONNX_PLATFORM
+) -> dict[str, str]:
     """Every model's config.pbtxt text, from the contract (``contract/spec.py``), the checkpoint's sizes
     and the build options: what a build writes and what the drift test regenerates."""
     n_mels, prefix_dim, vocab = config.features.n_mels, config.decoder.mamba.d_model, config.vocab_size
     filename = tensorrt_engine.PLAN_FILENAME if platform == TENSORRT_PLATFORM else "model.onnx"
-    configs = _configs(spec.pipeline(n_mels=n_mels, prefix_dim=prefix_dim, vocab_size=vocab), options, platform, filename, warm)
-    configs.update(_stateful_configs(spec.stateful_pipeline(n_mels=n_mels, prefix_dim=prefix_dim, vocab_size=vocab), options))
+    configs = _configs(
+        spec.pipeline(n_mels=n_mels, prefix_dim=prefix_dim, vocab_size=vocab),
+        options,
+        platform,
+        filename,
+        warm,
+    )
+    configs.update(
+        _stateful_configs(
+            spec.stateful_pipeline(n_mels=n_mels, prefix_dim=prefix_dim, vocab_size=vocab), options
+        )
+    )
     return {name: mc.to_text(cfg) for name, cfg in configs.items()}
 
 
@@ -459,27 +499,37 @@ def _stateful_configs(specs, options: BuildOptions) -> dict:
     enc, dec, ses = spec.STREAMING_ENCODER, spec.STREAMING_DECODER, spec.DECODER_SESSION
     return {
         enc: mc.model_config(
-            specs[enc], backend="python", sequence=sequence,
+            specs[enc],
+            backend="python",
+            sequence=sequence,
             deployment=deployment(enc, {"max_sequences": str(slots)}),
         ),
         # The decoder's pool is twice the encoder's: a sequence that ended in the encoder may still be
         # queued here while a new one starts (see backends/streaming_decoder.py).
         dec: mc.model_config(
-            specs[dec], backend="python",
-            sequence=mc.SequenceBatching(sequence.max_sequence_idle_us, 4 * slots, options.max_queue_delay_us),
+            specs[dec],
+            backend="python",
+            sequence=mc.SequenceBatching(
+                sequence.max_sequence_idle_us, 4 * slots, options.max_queue_delay_us
+            ),
             deployment=deployment(dec, {"max_sequences": str(2 * slots), **decoding}),
         ),
         spec.ASR_STREAMING: mc.ensemble_config(specs[spec.ASR_STREAMING]),
         ses: mc.model_config(
-            specs[ses], backend="python", decoupled=True,
-            deployment=deployment(ses, {
-                "max_sessions": str(options.session_slots),
-                "idle_seconds": repr(float(options.session_idle_s)),
-                "state_dtype": options.session_state_dtype,
-                **decoding,
-            }),
+            specs[ses],
+            backend="python",
+            decoupled=True,
+            deployment=deployment(
+                ses,
+                {
+                    "max_sessions": str(options.session_slots),
+                    "idle_seconds": repr(float(options.session_idle_s)),
+                    "state_dtype": options.session_state_dtype,
+                    **decoding,
+                },
+            ),
         ),
-    }  # fmt: skip
+    }
 
 
 def _check_engine(plan: Path, onnx_path: Path, n_mels: int, fp16: bool, log: Log) -> None:
@@ -489,15 +539,18 @@ def _check_engine(plan: Path, onnx_path: Path, n_mels: int, fp16: bool, log: Log
         feats, lengths = encoder_export.example(batch, frames, n_mels, seed=2)
         expected = encoder_export.run_onnx(onnx_path, feats.numpy(), lengths.numpy())
         actual = tensorrt_engine.run_engine(
-            plan, {encoder_export.INPUT_NAMES[0]: feats.numpy(), encoder_export.INPUT_NAMES[1]: lengths.numpy()},
+            plan,
+            {encoder_export.INPUT_NAMES[0]: feats.numpy(), encoder_export.INPUT_NAMES[1]: lengths.numpy()},
             encoder_export.OUTPUT_NAMES,
-        )  # fmt: skip
+        )
         errors = {
             name: relative_error(a.astype(np.float32), b)
             for name, a, b in zip(encoder_export.OUTPUT_NAMES, actual, expected)
         }
         worst = max(errors.values())
-        log(f"      TensorRT vs ONNX batch={batch} frames={frames}: max relative error {worst:.2e} (limit {limit:g})")
+        log(
+            f"      TensorRT vs ONNX batch={batch} frames={frames}: max relative error {worst:.2e} (limit {limit:g})"
+        )
         if not worst <= limit:
             raise tensorrt_engine.TensorRTError(
                 f"TensorRT engine differs from ONNX at batch={batch} frames={frames}: {errors} (limit {limit:g})"
@@ -510,7 +563,9 @@ def _install(staging: Path, out: Path, versions: dict[str, int]) -> None:
     for name, version in versions.items():
         target = out / name / str(version)
         if target.exists():
-            raise BuildError(f"{target} appeared during the build (another build running?); nothing installed")
+            raise BuildError(
+                f"{target} appeared during the build (another build running?); nothing installed"
+            )
     for name, version in versions.items():
         (out / name).mkdir(exist_ok=True)
         shutil.move(str(staging / name / str(version)), str(out / name / str(version)))

@@ -57,7 +57,9 @@ class Profile:
         if max_frames <= 0:
             raw = math.ceil(spec.MAX_AUDIO_SECONDS * frames_per_second)
             max_frames = math.ceil(raw / spec.FEATURE_BUCKET_FRAMES) * spec.FEATURE_BUCKET_FRAMES
-        p = Profile(self.min_batch, self.opt_batch, self.max_batch, self.min_frames, self.opt_frames, max_frames)
+        p = Profile(
+            self.min_batch, self.opt_batch, self.max_batch, self.min_frames, self.opt_frames, max_frames
+        )
         if not (1 <= p.min_batch <= p.opt_batch <= p.max_batch):
             raise ValueError(f"profile batch sizes must satisfy 1 <= min <= opt <= max, got {p}")
         if not (1 <= p.min_frames <= p.opt_frames <= p.max_frames):
@@ -128,7 +130,9 @@ def build_engine(
     return plan_path
 
 
-def run_engine(plan_path: str | Path, feeds: dict[str, np.ndarray], output_names: Sequence[str]) -> list[np.ndarray]:
+def run_engine(
+    plan_path: str | Path, feeds: dict[str, np.ndarray], output_names: Sequence[str]
+) -> list[np.ndarray]:
     """Run a serialized engine once on the GPU (used for the parity check against ONNX Runtime)."""
     import tensorrt as trt
     import torch
@@ -149,11 +153,14 @@ def run_engine(plan_path: str | Path, feeds: dict[str, np.ndarray], output_names
     to_torch = {
         getattr(trt.DataType, name): dtype
         for name, dtype in (
-            ("FLOAT", torch.float32), ("HALF", torch.float16), ("INT32", torch.int32),
-            ("INT64", torch.int64), ("BOOL", torch.bool),
+            ("FLOAT", torch.float32),
+            ("HALF", torch.float16),
+            ("INT32", torch.int32),
+            ("INT64", torch.int64),
+            ("BOOL", torch.bool),
         )
         if hasattr(trt.DataType, name)  # INT64 exists from TensorRT 10
-    }  # fmt: skip
+    }
     outputs = {}
     for name in output_names:
         shape = tuple(context.get_tensor_shape(name))

@@ -98,11 +98,15 @@ def check_ensemble(ensemble: pb.ModelConfig, models: Mapping[str, pb.ModelConfig
                 )
                 continue
             if ens_tensor in tensors:
-                problems.append(f"{label}: tensor '{ens_tensor}' is already produced by {tensors[ens_tensor].origin}")
+                problems.append(
+                    f"{label}: tensor '{ens_tensor}' is already produced by {tensors[ens_tensor].origin}"
+                )
                 continue
             out = outputs[model_tensor]
             tensors[ens_tensor] = _Tensor(
-                out.data_type, _full_shape(model, out), f"output '{model_tensor}' of step {i} ('{step.model_name}')"
+                out.data_type,
+                _full_shape(model, out),
+                f"output '{model_tensor}' of step {i} ('{step.model_name}')",
             )
 
     # Consumers: every input_map value must exist and fit; every required input must be fed.
@@ -123,7 +127,9 @@ def check_ensemble(ensemble: pb.ModelConfig, models: Mapping[str, pb.ModelConfig
                 continue
             source = tensors.get(ens_tensor)
             if source is None:
-                problems.append(f"{label}: input '{model_tensor}' reads '{ens_tensor}', which nothing produces")
+                problems.append(
+                    f"{label}: input '{model_tensor}' reads '{ens_tensor}', which nothing produces"
+                )
                 continue
             want = inputs[model_tensor]
             shape = _full_shape(model, want)
@@ -157,7 +163,9 @@ def check_ensemble(ensemble: pb.ModelConfig, models: Mapping[str, pb.ModelConfig
                 f"{pb.DataType.Name(source.dtype)}"
             )
         elif not _compatible(shape, source.shape):
-            problems.append(f"output '{t.name}' has shape {list(shape)} but {source.origin} has {list(source.shape)}")
+            problems.append(
+                f"output '{t.name}' has shape {list(shape)} but {source.origin} has {list(source.shape)}"
+            )
     for t in ensemble.input:
         if t.name not in consumed:
             problems.append(f"input '{t.name}' is not used by any step")
@@ -174,7 +182,9 @@ def check_wiring(repository: str | Path) -> list[str]:
     return [e.name for e in ensembles]
 
 
-def check_loads(repository: str | Path, timeout: float = 300.0, log_path: str | Path | None = None) -> dict[str, str]:
+def check_loads(
+    repository: str | Path, timeout: float = 300.0, log_path: str | Path | None = None
+) -> dict[str, str]:
     """Start a real tritonserver on `repository`; return {model: ready version}.
 
     Raises :class:`mambaserve.serving.server.ModelLoadError` naming each model that failed and why.
@@ -195,7 +205,9 @@ def check_loads(repository: str | Path, timeout: float = 300.0, log_path: str | 
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m mambaserve.build.verify", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m mambaserve.build.verify", description=__doc__.splitlines()[0]
+    )
     parser.add_argument("repository")
     parser.add_argument("--no-load", action="store_true", help="only the wiring check, no server")
     args = parser.parse_args(argv)

@@ -51,8 +51,9 @@ def load_audio(path_or_bytes: AudioSource, target_sr: int = SAMPLE_RATE) -> np.n
         # Always decode as float32: asking libsndfile for int16 from a float WAV silently gives zeros.
         data, sr = sf.read(source, dtype="float32", always_2d=True)
     except (sf.LibsndfileError, RuntimeError, TypeError) as exc:
-        raise AudioError(f"cannot decode audio {name}: {exc} (expected WAV, FLAC or another "
-                         "format libsndfile reads)") from exc
+        raise AudioError(
+            f"cannot decode audio {name}: {exc} (expected WAV, FLAC or another format libsndfile reads)"
+        ) from exc
     if data.shape[0] == 0:
         raise AudioError(f"audio {name} has no samples")
     if not np.isfinite(data).all():

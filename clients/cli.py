@@ -34,17 +34,30 @@ def positive_float(text: str) -> float:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="mambaserve-transcribe",
-        description="Transcribe WAV/FLAC files with the served `asr` model (any sample rate, any channels).")
+        description="Transcribe WAV/FLAC files with the served `asr` model (any sample rate, any channels).",
+    )
     p.add_argument("files", nargs="+", help="audio files (WAV, FLAC, anything libsndfile reads)")
-    p.add_argument("--url", default=None,
-                   help=f"server host:port (default {DEFAULT_URLS['grpc']} for grpc, {DEFAULT_URLS['http']} for http)")
+    p.add_argument(
+        "--url",
+        default=None,
+        help=f"server host:port (default {DEFAULT_URLS['grpc']} for grpc, {DEFAULT_URLS['http']} for http)",
+    )
     p.add_argument("--protocol", choices=PROTOCOLS, default="grpc")
     p.add_argument("--model", default=spec.ASR, help="model name (default: %(default)s)")
     p.add_argument("--prompt", default=None, help="text prompt sent with every file")
-    p.add_argument("--concurrency", type=positive_int, default=4, help="requests in flight (default: %(default)s)")
-    p.add_argument("--timeout", type=positive_float, default=60.0, help="seconds per request (default: %(default)s)")
-    p.add_argument("--wait", type=float, default=0.0, metavar="SECONDS",
-                   help="wait up to SECONDS for the model to become ready before sending (default: no wait)")
+    p.add_argument(
+        "--concurrency", type=positive_int, default=4, help="requests in flight (default: %(default)s)"
+    )
+    p.add_argument(
+        "--timeout", type=positive_float, default=60.0, help="seconds per request (default: %(default)s)"
+    )
+    p.add_argument(
+        "--wait",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="wait up to SECONDS for the model to become ready before sending (default: no wait)",
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object per file instead of text")
     return p
 
@@ -56,8 +69,15 @@ def _line(path: str, result: Transcription | Exception, as_json: bool) -> tuple[
             return json.dumps({"file": path, "error": str(result)}, ensure_ascii=False), True
         return f"{path}\tERROR\t{result}", False
     if as_json:
-        return json.dumps({"file": path, "text": result.text, "latency_ms": round(result.latency_s * 1e3, 3),
-                           "audio_seconds": round(result.audio_seconds, 4)}, ensure_ascii=False), True
+        return json.dumps(
+            {
+                "file": path,
+                "text": result.text,
+                "latency_ms": round(result.latency_s * 1e3, 3),
+                "audio_seconds": round(result.audio_seconds, 4),
+            },
+            ensure_ascii=False,
+        ), True
     return f"{path}\t{result.latency_s * 1e3:.1f} ms\t{result.text}", True
 
 

@@ -63,8 +63,13 @@ def _check_timeout(timeout: float | None) -> float | None:
 class ASRClient:
     """Blocking client. `url` is host:port without scheme (defaults: gRPC :8001, HTTP :8000)."""
 
-    def __init__(self, url: str | None = None, protocol: str = "grpc", model: str = spec.ASR,
-                 timeout: float | None = 60.0):
+    def __init__(
+        self,
+        url: str | None = None,
+        protocol: str = "grpc",
+        model: str = spec.ASR,
+        timeout: float | None = 60.0,
+    ):
         self.protocol = check_protocol(protocol)
         self.url = url or DEFAULT_URLS[protocol]
         self.model = model
@@ -117,8 +122,9 @@ class ASRClient:
         try:
             return getattr(self._connection(), method)(*args, **kwargs)
         except Exception as exc:
-            raise translate_error(exc, model=self.model, url=self.url, protocol=self.protocol,
-                                  timeout=self.timeout) from exc
+            raise translate_error(
+                exc, model=self.model, url=self.url, protocol=self.protocol, timeout=self.timeout
+            ) from exc
 
     # -- health ----------------------------------------------------------------------------------
     def is_ready(self) -> bool:
@@ -141,7 +147,8 @@ class ASRClient:
                 last = str(exc)
             if time.monotonic() >= deadline:
                 raise ServerUnavailableError(
-                    f"model '{self.model}' at {self.url} ({self.protocol}) not ready after {timeout} s: {last}")
+                    f"model '{self.model}' at {self.url} ({self.protocol}) not ready after {timeout} s: {last}"
+                )
             time.sleep(interval)
 
     # -- inference -------------------------------------------------------------------------------
@@ -155,8 +162,12 @@ class ASRClient:
         text = parse_response(result, model=self.model, url=self.url)
         return Transcription(text, latency, samples.shape[0] / spec.SAMPLE_RATE)
 
-    def iter_transcribe(self, items: Sequence[AudioInput], prompt: str | Sequence[str | None] | None = None,
-                        concurrency: int = 4) -> Iterator[tuple[int, Result]]:
+    def iter_transcribe(
+        self,
+        items: Sequence[AudioInput],
+        prompt: str | Sequence[str | None] | None = None,
+        concurrency: int = 4,
+    ) -> Iterator[tuple[int, Result]]:
         """Yield (index, Transcription or the exception) in completion order, `concurrency` in flight.
 
         Audio is loaded inside the workers, so an unreadable file is one failed item, not a crash.
@@ -187,8 +198,13 @@ class ASRClient:
             pool.shutdown(wait=True, cancel_futures=True)
             self._close_where(lambda thread: not thread.is_alive())
 
-    def transcribe_many(self, items: Sequence[AudioInput], prompt: str | Sequence[str | None] | None = None,
-                        concurrency: int = 4, return_exceptions: bool = False) -> list[Result]:
+    def transcribe_many(
+        self,
+        items: Sequence[AudioInput],
+        prompt: str | Sequence[str | None] | None = None,
+        concurrency: int = 4,
+        return_exceptions: bool = False,
+    ) -> list[Result]:
         """Results in input order. With return_exceptions=False the first failure is raised."""
         results: list[Result | None] = [None] * len(items)
         for i, res in self.iter_transcribe(items, prompt, concurrency):
@@ -205,8 +221,13 @@ class AsyncASRClient:
     bind to the loop they are created in); close it with `await client.close()` or `async with`.
     """
 
-    def __init__(self, url: str | None = None, protocol: str = "grpc", model: str = spec.ASR,
-                 timeout: float | None = 60.0):
+    def __init__(
+        self,
+        url: str | None = None,
+        protocol: str = "grpc",
+        model: str = spec.ASR,
+        timeout: float | None = 60.0,
+    ):
         self.protocol = check_protocol(protocol)
         self.url = url or DEFAULT_URLS[protocol]
         self.model = model
@@ -245,8 +266,9 @@ class AsyncASRClient:
         try:
             return await fn(*args, **kwargs)
         except Exception as exc:
-            raise translate_error(exc, model=self.model, url=self.url, protocol=self.protocol,
-                                  timeout=self.timeout) from exc
+            raise translate_error(
+                exc, model=self.model, url=self.url, protocol=self.protocol, timeout=self.timeout
+            ) from exc
 
     async def is_ready(self) -> bool:
         try:
@@ -267,7 +289,8 @@ class AsyncASRClient:
                 last = str(exc)
             if loop.time() >= deadline:
                 raise ServerUnavailableError(
-                    f"model '{self.model}' at {self.url} ({self.protocol}) not ready after {timeout} s: {last}")
+                    f"model '{self.model}' at {self.url} ({self.protocol}) not ready after {timeout} s: {last}"
+                )
             await asyncio.sleep(interval)
 
     async def transcribe(self, audio: AudioInput, prompt: str | None = None) -> Transcription:
@@ -281,9 +304,12 @@ class AsyncASRClient:
         text = parse_response(result, model=self.model, url=self.url)
         return Transcription(text, latency, samples.shape[0] / spec.SAMPLE_RATE)
 
-    async def iter_transcribe(self, items: Sequence[AudioInput],
-                              prompt: str | Sequence[str | None] | None = None,
-                              concurrency: int = 4) -> AsyncIterator[tuple[int, Result]]:
+    async def iter_transcribe(
+        self,
+        items: Sequence[AudioInput],
+        prompt: str | Sequence[str | None] | None = None,
+        concurrency: int = 4,
+    ) -> AsyncIterator[tuple[int, Result]]:
         """Yield (index, Transcription or the exception) in completion order, `concurrency` in flight."""
         _check_concurrency(concurrency)
         items = list(items)
@@ -309,9 +335,13 @@ class AsyncASRClient:
             for task in pending:
                 task.cancel()
 
-    async def transcribe_many(self, items: Sequence[AudioInput],
-                              prompt: str | Sequence[str | None] | None = None,
-                              concurrency: int = 4, return_exceptions: bool = False) -> list[Result]:
+    async def transcribe_many(
+        self,
+        items: Sequence[AudioInput],
+        prompt: str | Sequence[str | None] | None = None,
+        concurrency: int = 4,
+        return_exceptions: bool = False,
+    ) -> list[Result]:
         results: list[Result | None] = [None] * len(items)
         async for i, res in self.iter_transcribe(items, prompt, concurrency):
             if isinstance(res, Exception) and not return_exceptions:

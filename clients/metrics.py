@@ -48,7 +48,9 @@ class Samples:
         found = self.select(name, **labels)
         if not found:
             near = sorted({str(s.labels) for s in self.samples if s.named(name)})[:10]
-            raise KeyError(f"no sample {name}{labels or ''} in the scrape (series of that name: {near or 'none'})")
+            raise KeyError(
+                f"no sample {name}{labels or ''} in the scrape (series of that name: {near or 'none'})"
+            )
         return sum(s.value for s in found)
 
     def get(self, name: str, default: float = 0.0, **labels: str) -> float:

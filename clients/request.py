@@ -72,11 +72,15 @@ def prepare_audio(audio: AudioInput) -> np.ndarray:
     if audio.ndim == 2 and audio.shape[0] == 1:
         audio = audio[0]
     if audio.ndim != 1:
-        raise ValueError(f"audio must be a 1-D array of {spec.SAMPLE_RATE} Hz mono samples, "
-                         f"got shape {audio.shape} (use load_audio() to downmix a file)")
+        raise ValueError(
+            f"audio must be a 1-D array of {spec.SAMPLE_RATE} Hz mono samples, "
+            f"got shape {audio.shape} (use load_audio() to downmix a file)"
+        )
     if not np.issubdtype(audio.dtype, np.floating):
-        raise ValueError(f"audio must be floating point in [-1, 1], got dtype {audio.dtype} "
-                         "(divide int16 PCM by 32768, or use load_audio())")
+        raise ValueError(
+            f"audio must be floating point in [-1, 1], got dtype {audio.dtype} "
+            "(divide int16 PCM by 32768, or use load_audio())"
+        )
     audio = np.ascontiguousarray(audio, dtype=np.float32)
     if not np.isfinite(audio).all():
         raise ValueError("audio contains NaN or infinite samples")
@@ -112,8 +116,12 @@ def parse_response(result, *, model: str, url: str) -> str:
     out = result.as_numpy(spec.TRANSCRIPT.name)
     if out is None or out.size != 1:
         shape = None if out is None else out.shape
-        raise ServerError(f"response has no single {spec.TRANSCRIPT.name} string (got {shape})",
-                          status=None, model=model, url=url)
+        raise ServerError(
+            f"response has no single {spec.TRANSCRIPT.name} string (got {shape})",
+            status=None,
+            model=model,
+            url=url,
+        )
     value = out.reshape(-1)[0]
     return value.decode("utf-8") if isinstance(value, bytes) else str(value)
 
@@ -121,15 +129,17 @@ def parse_response(result, *, model: str, url: str) -> str:
 _UNAVAILABLE = {"StatusCode.UNAVAILABLE", "StatusCode.DEADLINE_EXCEEDED"}
 
 
-def translate_error(exc: BaseException, *, model: str, url: str, protocol: str,
-                    timeout: float | None) -> BaseException:
+def translate_error(
+    exc: BaseException, *, model: str, url: str, protocol: str, timeout: float | None
+) -> BaseException:
     """Map tritonclient / transport exceptions onto ServerError or ServerUnavailableError."""
     if isinstance(exc, InferenceServerException):
         status = exc.status()
         if status in _UNAVAILABLE:
             kind = "timed out" if status == "StatusCode.DEADLINE_EXCEEDED" else "is unreachable"
             return ServerUnavailableError(
-                f"{protocol} server at {url} {kind} (timeout {timeout} s): {exc.message()}")
+                f"{protocol} server at {url} {kind} (timeout {timeout} s): {exc.message()}"
+            )
         return ServerError(exc.message() or str(exc), status=status, model=model, url=url)
     if isinstance(exc, (TimeoutError, socket.timeout, asyncio.TimeoutError)):
         return ServerUnavailableError(f"{protocol} server at {url} timed out after {timeout} s")

@@ -78,22 +78,37 @@ class Generation:
 
 
 def settings_inputs(
-    *, method: str | None = None, max_tokens: int | None = None, min_tokens: int | None = None,
-    temperature: float | None = None, top_k: int | None = None, seed: int | None = None,
+    *,
+    method: str | None = None,
+    max_tokens: int | None = None,
+    min_tokens: int | None = None,
+    temperature: float | None = None,
+    top_k: int | None = None,
+    seed: int | None = None,
     beam_size: int | None = None,
-) -> dict[spec.TensorSpec, object]:  # fmt: skip
+) -> dict[spec.TensorSpec, object]:
     values = {
-        spec.DECODING_METHOD: method, spec.MAX_TOKENS: max_tokens, spec.MIN_TOKENS: min_tokens,
-        spec.TEMPERATURE: temperature, spec.TOP_K: top_k, spec.SEED: seed, spec.BEAM_SIZE: beam_size,
-    }  # fmt: skip
+        spec.DECODING_METHOD: method,
+        spec.MAX_TOKENS: max_tokens,
+        spec.MIN_TOKENS: min_tokens,
+        spec.TEMPERATURE: temperature,
+        spec.TOP_K: top_k,
+        spec.SEED: seed,
+        spec.BEAM_SIZE: beam_size,
+    }
     return {t: v for t, v in values.items() if v is not None}
 
 
 class SessionClient:
     """Client of `decoder_session` over gRPC streaming or HTTP generate_stream. Thread-safe for gRPC."""
 
-    def __init__(self, url: str | None = None, protocol: str = "grpc", model: str = spec.DECODER_SESSION,
-                 timeout: float = 60.0):
+    def __init__(
+        self,
+        url: str | None = None,
+        protocol: str = "grpc",
+        model: str = spec.DECODER_SESSION,
+        timeout: float = 60.0,
+    ):
         self.protocol = check_protocol(protocol)
         self.url = url or DEFAULT_URLS[protocol]
         self.model = model
@@ -143,7 +158,9 @@ class SessionClient:
         self.close()
 
     def _error(self, exc: BaseException) -> BaseException:
-        return translate_error(exc, model=self.model, url=self.url, protocol=self.protocol, timeout=self.timeout)
+        return translate_error(
+            exc, model=self.model, url=self.url, protocol=self.protocol, timeout=self.timeout
+        )
 
     # -- requests --------------------------------------------------------------------------------
     def request(
@@ -190,15 +207,23 @@ class SessionClient:
             self._routes[rid] = answers
         try:
             try:
-                client.async_stream_infer(self.model, inputs, request_id=rid, sequence_id=sid,
-                                          sequence_start=start, sequence_end=end)
+                client.async_stream_infer(
+                    self.model,
+                    inputs,
+                    request_id=rid,
+                    sequence_id=sid,
+                    sequence_start=start,
+                    sequence_end=end,
+                )
             except Exception as exc:
                 raise self._error(exc) from exc
             while True:
                 try:
                     at, result, error = answers.get(timeout=self.timeout)
                 except queue.Empty:
-                    raise ServerUnavailableError(f"no answer from {self.url} within {self.timeout} s") from None
+                    raise ServerUnavailableError(
+                        f"no answer from {self.url} within {self.timeout} s"
+                    ) from None
                 if error is not None:
                     raise self._error(error)
                 event = _event(result.as_numpy, at)
@@ -215,12 +240,15 @@ class SessionClient:
             body[t.name] = v.tolist() if isinstance(v, np.ndarray) else v
         req = urllib.request.Request(
             f"http://{self.url}/v2/models/{self.model}/generate_stream",
-            data=json.dumps(body).encode(), headers={"Content-Type": "application/json"},
-        )  # fmt: skip
+            data=json.dumps(body).encode(),
+            headers={"Content-Type": "application/json"},
+        )
         try:
             resp = urllib.request.urlopen(req, timeout=self.timeout)
         except urllib.error.HTTPError as e:
-            raise ServerError(_http_error(e.read()), status=str(e.code), model=self.model, url=self.url) from None
+            raise ServerError(
+                _http_error(e.read()), status=str(e.code), model=self.model, url=self.url
+            ) from None
         except OSError as e:
             raise ServerUnavailableError(f"http server at {self.url} is unreachable: {e}") from None
         with resp:
@@ -235,13 +263,17 @@ class SessionClient:
                 yield event
                 if event.is_final:
                     return
-        raise ServerError("the event stream ended without a final response", status=None, model=self.model, url=self.url)
+        raise ServerError(
+            "the event stream ended without a final response", status=None, model=self.model, url=self.url
+        )
 
     # -- sessions --------------------------------------------------------------------------------
     def open(self, audio: AudioInput, context: str | None = None, session_id: int | None = None) -> Session:
         """Start a session on `audio` (runs the encoder once); no tokens are generated yet."""
         session = Session(self, session_id if session_id is not None else new_sequence_id())
-        events = list(self.request(session.id, start=True, audio=prepare_audio(audio), context=context, max_tokens=0))
+        events = list(
+            self.request(session.id, start=True, audio=prepare_audio(audio), context=context, max_tokens=0)
+        )
         session.history_length = events[-1].history_length
         return session
 

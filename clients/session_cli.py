@@ -16,20 +16,31 @@ from mambaserve.contract import spec
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="mambaserve-session", description=__doc__.splitlines()[0].split(": ", 1)[1])
+    p = argparse.ArgumentParser(
+        prog="mambaserve-session", description=__doc__.splitlines()[0].split(": ", 1)[1]
+    )
     p.add_argument("file", help="audio file (WAV, FLAC, ...; resampled to 16 kHz)")
-    p.add_argument("--prompt", action="append", default=None,
-                   help="a prompt to generate with (repeatable; default: one run without a prompt)")
+    p.add_argument(
+        "--prompt",
+        action="append",
+        default=None,
+        help="a prompt to generate with (repeatable; default: one run without a prompt)",
+    )
     p.add_argument("--context", default=None, help="text added to the session's kept history first")
-    p.add_argument("--method", choices=("greedy", "beam", "sample"), default=None, help="default: the server's")
+    p.add_argument(
+        "--method", choices=("greedy", "beam", "sample"), default=None, help="default: the server's"
+    )
     p.add_argument("--max-tokens", type=int, default=None)
     p.add_argument("--temperature", type=float, default=None)
     p.add_argument("--top-k", type=int, default=None)
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--beam-size", type=int, default=None)
     p.add_argument("--protocol", choices=PROTOCOLS, default="grpc")
-    p.add_argument("--url", default=None,
-                   help=f"host:port (default {DEFAULT_URLS['grpc']} for grpc, {DEFAULT_URLS['http']} for http)")
+    p.add_argument(
+        "--url",
+        default=None,
+        help=f"host:port (default {DEFAULT_URLS['grpc']} for grpc, {DEFAULT_URLS['http']} for http)",
+    )
     p.add_argument("--model", default=spec.DECODER_SESSION)
     p.add_argument("--timeout", type=positive_float, default=60.0)
     return p
@@ -45,10 +56,18 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, ValueError) as e:
         print(f"error: {args.file}: {e}", file=sys.stderr)
         return 2
-    settings = {"method": args.method, "max_tokens": args.max_tokens, "temperature": args.temperature,
-                "top_k": args.top_k, "seed": args.seed, "beam_size": args.beam_size}
+    settings = {
+        "method": args.method,
+        "max_tokens": args.max_tokens,
+        "temperature": args.temperature,
+        "top_k": args.top_k,
+        "seed": args.seed,
+        "beam_size": args.beam_size,
+    }
     try:
-        with SessionClient(args.url, protocol=args.protocol, model=args.model, timeout=args.timeout) as client:
+        with SessionClient(
+            args.url, protocol=args.protocol, model=args.model, timeout=args.timeout
+        ) as client:
             session = client.open(audio, context=args.context)
             print(f"session {session.id}: history {session.history_length} positions", flush=True)
             try:

@@ -122,7 +122,9 @@ class StreamingClient:
         chunks = chunk_audio(samples, max(1, round(chunk_ms * spec.SAMPLE_RATE / 1000)))
         sid = sequence_id if sequence_id is not None else new_sequence_id()
         answers: queue.Queue = queue.Queue()
-        self._client.start_stream(callback=lambda result, error: answers.put((time.perf_counter(), result, error)))
+        self._client.start_stream(
+            callback=lambda result, error: answers.put((time.perf_counter(), result, error))
+        )
         sent_at: list[float] = []
         ends = np.cumsum([len(c) for c in chunks]) / spec.SAMPLE_RATE
         next_chunk = 0
@@ -145,7 +147,9 @@ class StreamingClient:
                 except queue.Empty:
                     if can_send:
                         continue
-                    raise ServerUnavailableError(f"no answer from {self.url} within {self.timeout} s") from None
+                    raise ServerUnavailableError(
+                        f"no answer from {self.url} within {self.timeout} s"
+                    ) from None
                 if error is not None:
                     raise self._error(error)
                 text, final = parse_chunk(result)
@@ -167,17 +171,23 @@ class StreamingClient:
     def _send(self, chunk: np.ndarray, sid: int, index: int, total: int, prompt: str | None) -> None:
         try:
             self._client.async_stream_infer(
-                self.model, chunk_inputs(self._module, chunk, prompt if index == 0 else None),
-                sequence_id=sid, sequence_start=index == 0, sequence_end=index == total - 1,
+                self.model,
+                chunk_inputs(self._module, chunk, prompt if index == 0 else None),
+                sequence_id=sid,
+                sequence_start=index == 0,
+                sequence_end=index == total - 1,
                 enable_empty_final_response=False,
-            )  # fmt: skip
+            )
         except Exception as exc:
             raise self._error(exc) from exc
 
-    def transcribe(self, audio: AudioInput, chunk_ms: float = 320.0, prompt: str | None = None) -> list[ChunkResult]:
+    def transcribe(
+        self, audio: AudioInput, chunk_ms: float = 320.0, prompt: str | None = None
+    ) -> list[ChunkResult]:
         """Every chunk's answer, as fast as possible (the last one holds the final transcript)."""
         results = list(self.stream(audio, chunk_ms=chunk_ms, speed=0.0, prompt=prompt))
         if not results or not results[-1].is_final:
-            raise ServerError("the stream ended without a final transcript", status=None, model=self.model, url=self.url)
+            raise ServerError(
+                "the stream ended without a final transcript", status=None, model=self.model, url=self.url
+            )
         return results
-

@@ -275,7 +275,10 @@ def stateful_pipeline(n_mels: int, prefix_dim: int, vocab_size: int) -> dict[str
             extra={"ragged": (PREFIX.name, CTC_LOGPROBS.name), "sequence": True},
         ),
         ASR_STREAMING: ModelSpec(
-            ASR_STREAMING, inputs=(AUDIO, PROMPT), outputs=(TRANSCRIPT, IS_FINAL), extra={"steps": ASR_STREAMING_STEPS}
+            ASR_STREAMING,
+            inputs=(AUDIO, PROMPT),
+            outputs=(TRANSCRIPT, IS_FINAL),
+            extra={"steps": ASR_STREAMING_STEPS},
         ),
         DECODER_SESSION: ModelSpec(
             DECODER_SESSION,

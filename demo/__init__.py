@@ -88,12 +88,17 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m mambaserve.demo", description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint", default="checkpoints/default")
     parser.add_argument("--repository", default="model_repository")
-    parser.add_argument("--samples", default=str(DEFAULT_SAMPLES), help="JSONL manifest {id, audio, text, duration}")
+    parser.add_argument(
+        "--samples", default=str(DEFAULT_SAMPLES), help="JSONL manifest {id, audio, text, duration}"
+    )
     args = parser.parse_args(argv)
     checkpoint, repository, manifest = Path(args.checkpoint), Path(args.repository), Path(args.samples)
 
     if not (checkpoint / "model.safetensors").exists():
-        print(f"error: no checkpoint at {checkpoint} (model.safetensors missing); `make train` creates it", file=sys.stderr)
+        print(
+            f"error: no checkpoint at {checkpoint} (model.safetensors missing); `make train` creates it",
+            file=sys.stderr,
+        )
         return 1
     if not manifest.exists():
         print(f"error: no sample manifest at {manifest}", file=sys.stderr)
@@ -106,7 +111,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  building: {reason}")
         try:
             # The server started next is the load check, so the build skips its own.
-            build_repository(checkpoint, repository, BuildOptions(verify_load=False), log=lambda s: print("  " + s))
+            build_repository(
+                checkpoint, repository, BuildOptions(verify_load=False), log=lambda s: print("  " + s)
+            )
         except BuildError as e:
             print(f"error: build failed: {e}", file=sys.stderr)
             return 1
@@ -139,7 +146,9 @@ def main(argv: list[str] | None = None) -> int:
         if results:
             wer = score([r.get("text", "") for r, _, _ in results], [t for _, t, _ in results]).wer
             latencies = sorted(lat for _, _, lat in results)
-            print(f"\n== {len(results)} clips, WER {wer:.1%}, median latency {latencies[len(latencies) // 2] * 1000:.0f} ms")
+            print(
+                f"\n== {len(results)} clips, WER {wer:.1%}, median latency {latencies[len(latencies) // 2] * 1000:.0f} ms"
+            )
     finally:
         print("== stopping tritonserver")
         server.stop()

@@ -75,7 +75,9 @@ def _group_view(op: str, name: str, t: torch.Tensor, batch: int, dim: int, dstat
         return t.unsqueeze(1)
     groups = t.shape[1]
     if groups < 1 or dim % groups:
-        raise ValueError(f"{op}: {name} has {groups} groups (dim 1 of {list(t.shape)}); dim={dim} must be divisible by it")
+        raise ValueError(
+            f"{op}: {name} has {groups} groups (dim 1 of {list(t.shape)}); dim={dim} must be divisible by it"
+        )
     tensor(op, name, t, (batch, groups, dstate, seqlen), "batch, G, N, L", device=device)
     return t
 
@@ -130,7 +132,9 @@ def _step_group_view(op, name, t, batch, dim, dstate, dev) -> torch.Tensor:
         return tensor(op, name, t, (batch, dstate), "batch, N", device=dev).unsqueeze(1)
     groups = t.shape[1]
     if groups < 1 or dim % groups:
-        raise ValueError(f"{op}: {name} has {groups} groups (dim 1 of {list(t.shape)}); dim={dim} must be divisible by it")
+        raise ValueError(
+            f"{op}: {name} has {groups} groups (dim 1 of {list(t.shape)}); dim={dim} must be divisible by it"
+        )
     return tensor(op, name, t, (batch, groups, dstate), "batch, G, N", device=dev)
 
 
@@ -149,9 +153,13 @@ def state_update_args(op, state, x, dt, A, B, C, D, z, dt_bias, state_batch_indi
     optional(op, "D", D, (dim,), "dim", device=dev)
     optional(op, "z", z, (batch, dim), "batch, dim", device=dev)
     optional(op, "dt_bias", dt_bias, (dim,), "dim", device=dev)
-    optional(op, "state_batch_indices", state_batch_indices, (batch,), "batch", device=dev, dtypes=INDEX_DTYPES)
+    optional(
+        op, "state_batch_indices", state_batch_indices, (batch,), "batch", device=dev, dtypes=INDEX_DTYPES
+    )
     if state_batch_indices is None and batch > n_slots:
-        raise ValueError(f"{op}: batch={batch} rows but state has only {n_slots} slots (pass state_batch_indices)")
+        raise ValueError(
+            f"{op}: batch={batch} rows but state has only {n_slots} slots (pass state_batch_indices)"
+        )
     return StepArgs(batch, dim, dstate, n_slots, Bv.shape[1], Bv, Cv)
 
 
@@ -171,7 +179,9 @@ def conv_update_args(op, x, conv_state, weight, bias, conv_state_indices) -> tup
     optional(op, "bias", bias, (dim,), "dim", device=dev)
     optional(op, "conv_state_indices", conv_state_indices, (batch,), "batch", device=dev, dtypes=INDEX_DTYPES)
     if conv_state_indices is None and batch > n_slots:
-        raise ValueError(f"{op}: batch={batch} rows but conv_state has only {n_slots} slots (pass conv_state_indices)")
+        raise ValueError(
+            f"{op}: batch={batch} rows but conv_state has only {n_slots} slots (pass conv_state_indices)"
+        )
     return batch, dim, width, n_slots
 
 
@@ -200,8 +210,7 @@ def slot_indices(op: str, name: str, idx: torch.Tensor, n_slots: int, pad_slot_i
     real = idx[idx != pad_slot_id]
     if real.numel() and (int(real.min()) < 0 or int(real.max()) >= n_slots):
         raise ValueError(
-            f"{op}: {name} must be in [0, {n_slots}) or equal pad_slot_id={pad_slot_id}, "
-            f"got {idx.tolist()}"
+            f"{op}: {name} must be in [0, {n_slots}) or equal pad_slot_id={pad_slot_id}, got {idx.tolist()}"
         )
     if real.numel() > 1 and torch.unique(real).numel() != real.numel():
         raise ValueError(f"{op}: {name} repeats a slot (each row needs its own slot), got {idx.tolist()}")

@@ -87,12 +87,16 @@ def warps_for(tile: int) -> int:
 def check_triton_dtypes(op: str, **tensors: torch.Tensor | None) -> None:
     for name, t in tensors.items():
         if t is not None and t.dtype not in TRITON_DTYPES:
-            raise TypeError(f"{op}: {name} has dtype {t.dtype}; the Triton kernels take float32, float16 or bfloat16")
+            raise TypeError(
+                f"{op}: {name} has dtype {t.dtype}; the Triton kernels take float32, float16 or bfloat16"
+            )
 
 
 def check_grid_rows(op: str, rows: int) -> None:
     if rows > 65535:
-        raise ValueError(f"{op}: batch={rows} exceeds the CUDA grid limit of 65535 rows per launch; split the batch")
+        raise ValueError(
+            f"{op}: batch={rows} exceeds the CUDA grid limit of 65535 rows per launch; split the batch"
+        )
 
 
 def check_out(op: str, name: str, t: torch.Tensor | None, shape: tuple[int, ...], dtype: torch.dtype, device):

@@ -12,6 +12,7 @@ itself; its timings are meaningless and labelled so.
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import statistics
 import sys
@@ -107,51 +108,86 @@ def kernel_table(cfg: Config, device: torch.device, dtype: torch.dtype, copy_bps
 
     def row(name, shape, ours, torch_path, bytes_moved, other=None):
         t = timer(ours)
-        rows.append(dict(
-            kernel=name, shape=shape, ms=t * 1e3, gbps=bytes_moved / t / 1e9, pct_copy=100 * bytes_moved / t / copy_bps,
-            torch_ms=timer(torch_path) * 1e3 if torch_path else None, mamba_ms=timer(other) * 1e3 if other else None,
-        ))  # fmt: skip
+        rows.append(
+            dict(
+                kernel=name,
+                shape=shape,
+                ms=t * 1e3,
+                gbps=bytes_moved / t / 1e9,
+                pct_copy=100 * bytes_moved / t / copy_bps,
+                torch_ms=timer(torch_path) * 1e3 if torch_path else None,
+                mamba_ms=timer(other) * 1e3 if other else None,
+            )
+        )
 
     scan = inputs.scan_inputs(b, dim, n, length, dtype=dtype, device=device)
     out = torch.empty_like(scan["u"])
     last = torch.empty(b, dim, n, device=device)
-    moved = _nbytes(scan["u"], scan["delta"], scan["B"], scan["C"], scan["z"], scan["A"], out) + 2 * _nbytes(last)
+    moved = _nbytes(scan["u"], scan["delta"], scan["B"], scan["C"], scan["z"], scan["A"], out) + 2 * _nbytes(
+        last
+    )
     mamba_scan = None
     if "selective_scan" in theirs:
         kw = {k: v for k, v in scan.items() if k != "initial_state"}  # mamba-ssm has no initial state
         mamba_scan = lambda: theirs["selective_scan"](**kw, return_last_state=True)  # noqa: E731
-    row("selective_scan", f"B={b} D={dim} N={n} L={length}",
+    row(
+        "selective_scan",
+        f"B={b} D={dim} N={n} L={length}",
         lambda: selective_scan_triton(**scan, return_last_state=True, out=out, last_state_out=last),
-        lambda: selective_scan_cpu(**scan, return_last_state=True), moved, mamba_scan)  # fmt: skip
+        lambda: selective_scan_cpu(**scan, return_last_state=True),
+        moved,
+        mamba_scan,
+    )
 
     conv = inputs.conv_inputs(b, dim, w, length, dtype=dtype, device=device)
     cout = torch.empty_like(conv["x"])
     mamba_conv = None
     if "causal_conv1d_fn" in theirs:
-        mamba_conv = lambda: theirs["causal_conv1d_fn"](conv["x"], conv["weight"], conv["bias"], activation="silu")  # noqa: E731
-    row("causal_conv1d_fn", f"B={b} D={dim} W={w} L={length}",
-        lambda: causal_conv1d_fn_triton(**conv, out=cout), lambda: causal_conv1d_fn_torch(**conv),
-        _nbytes(conv["x"], conv["weight"], conv["initial_states"], cout), mamba_conv)  # fmt: skip
+        mamba_conv = functools.partial(
+            theirs["causal_conv1d_fn"], conv["x"], conv["weight"], conv["bias"], activation="silu"
+        )
+    row(
+        "causal_conv1d_fn",
+        f"B={b} D={dim} W={w} L={length}",
+        lambda: causal_conv1d_fn_triton(**conv, out=cout),
+        lambda: causal_conv1d_fn_torch(**conv),
+        _nbytes(conv["x"], conv["weight"], conv["initial_states"], cout),
+        mamba_conv,
+    )
 
     big = max(cfg.batches)
     step = inputs.state_update_inputs(big, dim, n, dtype=dtype, device=device)
     sout = torch.empty(big, dim, dtype=dtype, device=device)
-    moved = 2 * _nbytes(step["state"]) + _nbytes(step["x"], step["dt"], step["z"], step["B"], step["C"], step["A"], sout)
+    moved = 2 * _nbytes(step["state"]) + _nbytes(
+        step["x"], step["dt"], step["z"], step["B"], step["C"], step["A"], sout
+    )
     mamba_step = None
     if "selective_state_update" in theirs:
         mamba_step = lambda: theirs["selective_state_update"](**step)  # noqa: E731
-    row("selective_state_update", f"B={big} D={dim} N={n}",
-        lambda: selective_state_update_triton(**step, out=sout), lambda: selective_state_update_torch(**step),
-        moved, mamba_step)  # fmt: skip
+    row(
+        "selective_state_update",
+        f"B={big} D={dim} N={n}",
+        lambda: selective_state_update_triton(**step, out=sout),
+        lambda: selective_state_update_torch(**step),
+        moved,
+        mamba_step,
+    )
 
     cu = inputs.conv_inputs(big, dim, w, dtype=dtype, state_dtype=dtype, device=device)
     cuout = torch.empty(big, dim, dtype=dtype, device=device)
     mamba_cu = None
     if "causal_conv1d_update" in theirs:
-        mamba_cu = lambda: theirs["causal_conv1d_update"](cu["x"], cu["conv_state"], cu["weight"], cu["bias"], "silu")  # noqa: E731
-    row("causal_conv1d_update", f"B={big} D={dim} W={w}",
-        lambda: causal_conv1d_update_triton(**cu, out=cuout), lambda: causal_conv1d_update_torch(**cu),
-        2 * _nbytes(cu["conv_state"]) + _nbytes(cu["x"], cu["weight"], cuout), mamba_cu)  # fmt: skip
+        mamba_cu = functools.partial(
+            theirs["causal_conv1d_update"], cu["x"], cu["conv_state"], cu["weight"], cu["bias"], "silu"
+        )
+    row(
+        "causal_conv1d_update",
+        f"B={big} D={dim} W={w}",
+        lambda: causal_conv1d_update_triton(**cu, out=cuout),
+        lambda: causal_conv1d_update_torch(**cu),
+        2 * _nbytes(cu["conv_state"]) + _nbytes(cu["x"], cu["weight"], cuout),
+        mamba_cu,
+    )
     return rows
 
 
@@ -181,25 +217,35 @@ def decode_table(cfg: Config, device: torch.device, dtype: torch.dtype, use_trit
 
 def _print_kernels(rows: list[dict], copy_bps: float, label: str) -> None:
     print(f"\nKernels ({label}); device copy bandwidth {copy_bps / 1e9:.1f} GB/s")
-    print(f"{'kernel':24} {'shape':28} {'ms':>9} {'GB/s':>8} {'%copy':>6} {'torch ms':>9} {'x torch':>8} {'mamba-ssm ms':>12}")
+    print(
+        f"{'kernel':24} {'shape':28} {'ms':>9} {'GB/s':>8} {'%copy':>6} {'torch ms':>9} {'x torch':>8} {'mamba-ssm ms':>12}"
+    )
     for r in rows:
         torch_ms = f"{r['torch_ms']:9.3f}" if r["torch_ms"] else f"{'-':>9}"
         speedup = f"{r['torch_ms'] / r['ms']:8.1f}" if r["torch_ms"] else f"{'-':>8}"
         mamba = f"{r['mamba_ms']:12.3f}" if r["mamba_ms"] else f"{'n/a':>12}"
-        print(f"{r['kernel']:24} {r['shape']:28} {r['ms']:9.3f} {r['gbps']:8.1f} {r['pct_copy']:6.1f} {torch_ms} {speedup} {mamba}")
+        print(
+            f"{r['kernel']:24} {r['shape']:28} {r['ms']:9.3f} {r['gbps']:8.1f} {r['pct_copy']:6.1f} {torch_ms} {speedup} {mamba}"
+        )
 
 
 def _print_decode(rows: list[dict], cfg: Config, label: str) -> None:
-    print(f"\nDecode step, conv update + state update, d_inner={cfg.d_inner} N={cfg.d_state} W={cfg.d_conv} ({label})")
+    print(
+        f"\nDecode step, conv update + state update, d_inner={cfg.d_inner} N={cfg.d_state} W={cfg.d_conv} ({label})"
+    )
     print(f"{'batch':>6} {'us/layer':>10} {f'tokens/s ({cfg.layers} layers, these ops only)':>40}")
     for r in rows:
         print(f"{r['batch']:6d} {r['us_per_layer']:10.1f} {r['tokens_per_s']:40.0f}")
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Benchmark the mambaserve kernels (needs CUDA; --cpu for the CPU path).")
+    parser = argparse.ArgumentParser(
+        description="Benchmark the mambaserve kernels (needs CUDA; --cpu for the CPU path)."
+    )
     parser.add_argument("--cpu", action="store_true", help="time the PyTorch CPU decode step instead")
-    parser.add_argument("--smoke", action="store_true", help="tiny shapes under TRITON_INTERPRET=1: checks the script only")
+    parser.add_argument(
+        "--smoke", action="store_true", help="tiny shapes under TRITON_INTERPRET=1: checks the script only"
+    )
     parser.add_argument("--dtype", choices=["bf16", "fp16", "fp32"], default="bf16")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads for --cpu")
     args = parser.parse_args(argv)
@@ -209,7 +255,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.threads:
             torch.set_num_threads(args.threads)
         cfg = Config(batches=(1, 2, 4, 8, 16, 32))
-        label = f"PyTorch CPU path, {torch.get_num_threads()} threads, {args.dtype} activations, fp32 state math"
+        label = (
+            f"PyTorch CPU path, {torch.get_num_threads()} threads, {args.dtype} activations, fp32 state math"
+        )
         _print_decode(decode_table(cfg, torch.device("cpu"), dtype, use_triton=False), cfg, label)
         return 0
     if args.smoke:
@@ -233,8 +281,12 @@ def main(argv: list[str] | None = None) -> int:
     copy_bps = copy_bandwidth(device, 1 << 30)
     cfg = Config()
     _print_kernels(kernel_table(cfg, device, dtype, copy_bps), copy_bps, f"{name}, {args.dtype}")
-    _print_decode(decode_table(cfg, device, dtype, use_triton=True), cfg, f"{name}, Triton kernels, {args.dtype}")
-    _print_decode(decode_table(cfg, device, dtype, use_triton=False), cfg, f"{name}, PyTorch path, {args.dtype}")
+    _print_decode(
+        decode_table(cfg, device, dtype, use_triton=True), cfg, f"{name}, Triton kernels, {args.dtype}"
+    )
+    _print_decode(
+        decode_table(cfg, device, dtype, use_triton=False), cfg, f"{name}, PyTorch path, {args.dtype}"
+    )
     return 0
 
 

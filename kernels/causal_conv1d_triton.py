@@ -33,17 +33,33 @@ NAN = tl.constexpr(float("nan"))
 
 
 def _conv_update_kernel(
-    x_ptr, state_ptr, w_ptr, bias_ptr, idx_ptr, out_ptr,
-    n_slots, dim, pad_slot_id,
-    s_x_b, s_x_d,
-    s_st_s, s_st_d, s_st_w,
-    s_w_d, s_w_w,
+    x_ptr,
+    state_ptr,
+    w_ptr,
+    bias_ptr,
+    idx_ptr,
+    out_ptr,
+    n_slots,
+    dim,
+    pad_slot_id,
+    s_x_b,
+    s_x_d,
+    s_st_s,
+    s_st_d,
+    s_st_w,
+    s_w_d,
+    s_w_w,
     s_bias_d,
     s_idx,
-    s_out_b, s_out_d,
-    HAS_BIAS: tl.constexpr, SILU: tl.constexpr, HAS_INDICES: tl.constexpr,
-    WIDTH: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_W: tl.constexpr,
-):  # fmt: skip
+    s_out_b,
+    s_out_d,
+    HAS_BIAS: tl.constexpr,
+    SILU: tl.constexpr,
+    HAS_INDICES: tl.constexpr,
+    WIDTH: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    BLOCK_W: tl.constexpr,
+):
     pid_d = tl.program_id(0)
     pid_b = tl.program_id(1).to(tl.int64)
     offs_d = (pid_d * BLOCK_D + tl.arange(0, BLOCK_D)).to(tl.int64)
@@ -89,16 +105,32 @@ def _conv_update_kernel(
 
 
 def _conv_fn_kernel(
-    x_ptr, w_ptr, bias_ptr, init_ptr, out_ptr,
-    dim, seqlen,
-    s_x_b, s_x_d, s_x_l,
-    s_w_d, s_w_w,
+    x_ptr,
+    w_ptr,
+    bias_ptr,
+    init_ptr,
+    out_ptr,
+    dim,
+    seqlen,
+    s_x_b,
+    s_x_d,
+    s_x_l,
+    s_w_d,
+    s_w_w,
     s_bias_d,
-    s_init_b, s_init_d, s_init_w,
-    s_out_b, s_out_d, s_out_l,
-    HAS_BIAS: tl.constexpr, SILU: tl.constexpr, HAS_INIT: tl.constexpr,
-    WIDTH: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr,
-):  # fmt: skip
+    s_init_b,
+    s_init_d,
+    s_init_w,
+    s_out_b,
+    s_out_d,
+    s_out_l,
+    HAS_BIAS: tl.constexpr,
+    SILU: tl.constexpr,
+    HAS_INIT: tl.constexpr,
+    WIDTH: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    BLOCK_L: tl.constexpr,
+):
     pid_d = tl.program_id(0)
     pid_l = tl.program_id(1)
     pid_b = tl.program_id(2).to(tl.int64)
@@ -171,12 +203,29 @@ def causal_conv1d_update_triton(
     block_w = next_pow2(width)
     kernel, _ = CONV_UPDATE_KERNEL.get()
     kernel[(triton.cdiv(dim, bd), batch)](
-        x, conv_state, weight, bias, idx, out,
-        n_slots, dim, int(pad_slot_id),
-        *x.stride(), *conv_state.stride(), *weight.stride(), *strides(bias, 1), *strides(idx, 1), *out.stride(),
-        HAS_BIAS=bias is not None, SILU=silu, HAS_INDICES=idx is not None,
-        WIDTH=width, BLOCK_D=bd, BLOCK_W=block_w, num_warps=warps_for(bd * block_w),
-    )  # fmt: skip
+        x,
+        conv_state,
+        weight,
+        bias,
+        idx,
+        out,
+        n_slots,
+        dim,
+        int(pad_slot_id),
+        *x.stride(),
+        *conv_state.stride(),
+        *weight.stride(),
+        *strides(bias, 1),
+        *strides(idx, 1),
+        *out.stride(),
+        HAS_BIAS=bias is not None,
+        SILU=silu,
+        HAS_INDICES=idx is not None,
+        WIDTH=width,
+        BLOCK_D=bd,
+        BLOCK_W=block_w,
+        num_warps=warps_for(bd * block_w),
+    )
     return out
 
 
@@ -207,12 +256,26 @@ def causal_conv1d_fn_triton(
         bl = block_l or min(64 if interpreting() else 128, next_pow2(seqlen))
         kernel, _ = CONV_FN_KERNEL.get()
         kernel[(triton.cdiv(dim, bd), triton.cdiv(seqlen, bl), batch)](
-            x, weight, bias, initial_states, out,
-            dim, seqlen,
-            *x.stride(), *weight.stride(), *strides(bias, 1), *strides(initial_states, 3), *out.stride(),
-            HAS_BIAS=bias is not None, SILU=silu, HAS_INIT=initial_states is not None,
-            WIDTH=width, BLOCK_D=bd, BLOCK_L=bl, num_warps=warps_for(bd * bl),
-        )  # fmt: skip
+            x,
+            weight,
+            bias,
+            initial_states,
+            out,
+            dim,
+            seqlen,
+            *x.stride(),
+            *weight.stride(),
+            *strides(bias, 1),
+            *strides(initial_states, 3),
+            *out.stride(),
+            HAS_BIAS=bias is not None,
+            SILU=silu,
+            HAS_INIT=initial_states is not None,
+            WIDTH=width,
+            BLOCK_D=bd,
+            BLOCK_L=bl,
+            num_warps=warps_for(bd * bl),
+        )
     if not return_final_states:
         return out
     return out, final_conv_states(x, initial_states, width)

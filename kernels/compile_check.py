@@ -48,45 +48,92 @@ def _specs() -> list[KernelSpec]:
 
     return [
         KernelSpec(
-            "selective_scan", _scan_kernel,
+            "selective_scan",
+            _scan_kernel,
             roles=dict(A_ptr="f32", D_ptr="f32", delta_bias_ptr="f32", h0_ptr="f32", hT_ptr="f32"),
-            flags=("HAS_D", "HAS_Z", "HAS_DELTA_BIAS", "DELTA_SOFTPLUS", "HAS_H0", "STORE_HT", "PER_CHANNEL_GROUP"),
-            optional=dict(D_ptr="HAS_D", z_ptr="HAS_Z", delta_bias_ptr="HAS_DELTA_BIAS", h0_ptr="HAS_H0",
-                          hT_ptr="STORE_HT"),
-            unit_strides=("s_u_l", "s_dt_l", "s_A_n", "s_B_l", "s_C_l", "s_D_d", "s_z_l", "s_bias_d",
-                          "s_h0_n", "s_out_l", "s_hT_n"),
-            blocks_on=dict(BLOCK_D=64, BLOCK_N=16), warps_on=4,
-            blocks_off=dict(BLOCK_D=16, BLOCK_N=256), warps_off=8,
+            flags=(
+                "HAS_D",
+                "HAS_Z",
+                "HAS_DELTA_BIAS",
+                "DELTA_SOFTPLUS",
+                "HAS_H0",
+                "STORE_HT",
+                "PER_CHANNEL_GROUP",
+            ),
+            optional=dict(
+                D_ptr="HAS_D",
+                z_ptr="HAS_Z",
+                delta_bias_ptr="HAS_DELTA_BIAS",
+                h0_ptr="HAS_H0",
+                hT_ptr="STORE_HT",
+            ),
+            unit_strides=(
+                "s_u_l",
+                "s_dt_l",
+                "s_A_n",
+                "s_B_l",
+                "s_C_l",
+                "s_D_d",
+                "s_z_l",
+                "s_bias_d",
+                "s_h0_n",
+                "s_out_l",
+                "s_hT_n",
+            ),
+            blocks_on=dict(BLOCK_D=64, BLOCK_N=16),
+            warps_on=4,
+            blocks_off=dict(BLOCK_D=16, BLOCK_N=256),
+            warps_off=8,
         ),
         KernelSpec(
-            "selective_state_update", _state_update_kernel,
+            "selective_state_update",
+            _state_update_kernel,
             roles=dict(state_ptr="state", A_ptr="f32", D_ptr="f32", dt_bias_ptr="f32", idx_ptr="idx"),
             flags=("HAS_D", "HAS_Z", "HAS_DT_BIAS", "DT_SOFTPLUS", "HAS_INDICES", "PER_CHANNEL_GROUP"),
             optional=dict(D_ptr="HAS_D", z_ptr="HAS_Z", dt_bias_ptr="HAS_DT_BIAS", idx_ptr="HAS_INDICES"),
-            unit_strides=("s_st_n", "s_x_d", "s_dt_d", "s_A_n", "s_B_n", "s_C_n", "s_D_d", "s_z_d", "s_bias_d",
-                          "s_idx", "s_out_d"),
-            blocks_on=dict(BLOCK_D=64, BLOCK_N=16), warps_on=4,
-            blocks_off=dict(BLOCK_D=16, BLOCK_N=256), warps_off=8,
+            unit_strides=(
+                "s_st_n",
+                "s_x_d",
+                "s_dt_d",
+                "s_A_n",
+                "s_B_n",
+                "s_C_n",
+                "s_D_d",
+                "s_z_d",
+                "s_bias_d",
+                "s_idx",
+                "s_out_d",
+            ),
+            blocks_on=dict(BLOCK_D=64, BLOCK_N=16),
+            warps_on=4,
+            blocks_off=dict(BLOCK_D=16, BLOCK_N=256),
+            warps_off=8,
         ),
         KernelSpec(
-            "causal_conv1d_update", _conv_update_kernel,
+            "causal_conv1d_update",
+            _conv_update_kernel,
             roles=dict(state_ptr="state", idx_ptr="idx"),
             flags=("HAS_BIAS", "SILU", "HAS_INDICES"),
             optional=dict(bias_ptr="HAS_BIAS", idx_ptr="HAS_INDICES"),
             unit_strides=("s_x_d", "s_st_w", "s_w_w", "s_bias_d", "s_idx", "s_out_d"),
-            blocks_on=dict(WIDTH=4, BLOCK_D=256, BLOCK_W=4), warps_on=4,
-            blocks_off=dict(WIDTH=2, BLOCK_D=32, BLOCK_W=2), warps_off=1,
+            blocks_on=dict(WIDTH=4, BLOCK_D=256, BLOCK_W=4),
+            warps_on=4,
+            blocks_off=dict(WIDTH=2, BLOCK_D=32, BLOCK_W=2),
+            warps_off=1,
         ),
         KernelSpec(
-            "causal_conv1d_fn", _conv_fn_kernel,
+            "causal_conv1d_fn",
+            _conv_fn_kernel,
             roles={},
             flags=("HAS_BIAS", "SILU", "HAS_INIT"),
             optional=dict(bias_ptr="HAS_BIAS", init_ptr="HAS_INIT"),
             unit_strides=("s_x_l", "s_w_w", "s_bias_d", "s_init_w", "s_out_l"),
-            blocks_on=dict(WIDTH=4, BLOCK_D=16, BLOCK_L=128), warps_on=8,
-            blocks_off=dict(WIDTH=3, BLOCK_D=16, BLOCK_L=16), warps_off=1,
+            blocks_on=dict(WIDTH=4, BLOCK_D=16, BLOCK_L=128),
+            warps_on=8,
+            blocks_off=dict(WIDTH=3, BLOCK_D=16, BLOCK_L=16),
+            warps_off=1,
         ),
-    ]  # fmt: skip
+    ]
 
 
 def _ptr_type(role: str, dtype: str, options_on: bool) -> str:
@@ -131,8 +178,14 @@ def compile_one(kernel: str, target: int, dtype: str, options_on: bool) -> dict:
         else:
             signature[name] = "i32"
     warps = spec.warps_on if options_on else spec.warps_off
-    result = dict(kernel=kernel, target=f"sm_{target}", dtype=dtype, options="on" if options_on else "off",
-                  num_warps=warps, **{k: v for k, v in blocks.items()})  # fmt: skip
+    result = dict(
+        kernel=kernel,
+        target=f"sm_{target}",
+        dtype=dtype,
+        options="on" if options_on else "off",
+        num_warps=warps,
+        **{k: v for k, v in blocks.items()},
+    )
     try:
         compiled = triton.compile(
             triton.compiler.ASTSource(fn, signature, constexprs, attrs),
@@ -142,7 +195,9 @@ def compile_one(kernel: str, target: int, dtype: str, options_on: bool) -> dict:
     except Exception as err:  # report every failure, not just the first
         return {**result, "ok": False, "error": f"{type(err).__name__}: {err}"[:2000]}
     ptx, cubin = compiled.asm["ptx"], compiled.asm["cubin"]
-    result.update(ok=bool(cubin) and f".target sm_{target}" in ptx, ptx_bytes=len(ptx), cubin_bytes=len(cubin))
+    result.update(
+        ok=bool(cubin) and f".target sm_{target}" in ptx, ptx_bytes=len(ptx), cubin_bytes=len(cubin)
+    )
     result.update(_resource_usage(cubin))
     return result
 
@@ -186,7 +241,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         print(json.dumps(results))
     else:
-        print(f"{'kernel':24} {'target':6} {'dtype':5} {'options':7} {'warps':5} {'ok':3} {'regs':>4} {'spill':>5}")
+        print(
+            f"{'kernel':24} {'target':6} {'dtype':5} {'options':7} {'warps':5} {'ok':3} {'regs':>4} {'spill':>5}"
+        )
         for r in results:
             print(
                 f"{r['kernel']:24} {r['target']:6} {r['dtype']:5} {r['options']:7} {r['num_warps']:5} "

@@ -53,7 +53,9 @@ def scan_inputs(
     g = torch.Generator().manual_seed(seed)
     lay3 = (0, 2, 1) if strided else None  # stored [batch, L, dim], viewed [batch, dim, L]
     u = _rand((batch, dim, seqlen), dtype, device, g, layout=lay3)
-    delta = _rand((batch, dim, seqlen), dtype, device, g, scale=0.5, shift=-1.5 if options else 0.2, layout=lay3)
+    delta = _rand(
+        (batch, dim, seqlen), dtype, device, g, scale=0.5, shift=-1.5 if options else 0.2, layout=lay3
+    )
     if not options:
         delta = delta.abs()  # no softplus: delta itself must be a positive step
     if time_invariant:
@@ -73,7 +75,9 @@ def scan_inputs(
             z=_rand((batch, dim, seqlen), dtype, device, g, layout=lay3),
             delta_bias=_vec(dim, torch.float32, device, g, strided, scale=0.5),
             delta_softplus=True,
-            initial_state=_rand((batch, dim, dstate), torch.float32, device, g, layout=(2, 0, 1) if strided else None),
+            initial_state=_rand(
+                (batch, dim, dstate), torch.float32, device, g, layout=(2, 0, 1) if strided else None
+            ),
         )
     return out
 
@@ -149,7 +153,9 @@ def conv_inputs(
     else:
         out["x"] = _rand((batch, dim, seqlen), dtype, device, g, layout=(0, 2, 1) if strided else None)
         if options:
-            out["initial_states"] = _rand((batch, dim, width - 1), dtype, device, g, layout=(0, 2, 1) if strided else None)
+            out["initial_states"] = _rand(
+                (batch, dim, width - 1), dtype, device, g, layout=(0, 2, 1) if strided else None
+            )
     if options:
         out["bias"] = _vec(dim, dtype, device, g, strided)
         out["activation"] = "silu"
@@ -158,7 +164,10 @@ def conv_inputs(
 
 def to64(kwargs: dict) -> dict:
     """The same inputs in float64 (after their own rounding), for the reference."""
-    return {k: v.double() if isinstance(v, torch.Tensor) and v.is_floating_point() else v for k, v in kwargs.items()}
+    return {
+        k: v.double() if isinstance(v, torch.Tensor) and v.is_floating_point() else v
+        for k, v in kwargs.items()
+    }
 
 
 def clone(kwargs: dict) -> dict:

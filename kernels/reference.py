@@ -151,7 +151,9 @@ def causal_conv1d_update_ref(
 ) -> torch.Tensor:
     """One conv step per batch row; conv_state (the last W-1 inputs) shifts left in place."""
     op = "causal_conv1d_update_ref"
-    batch, dim, _width, n_slots = _checks.conv_update_args(op, x, conv_state, weight, bias, conv_state_indices)
+    batch, dim, _width, n_slots = _checks.conv_update_args(
+        op, x, conv_state, weight, bias, conv_state_indices
+    )
     silu = _checks.activation(op, activation)
     if conv_state_indices is not None:
         _checks.slot_indices(op, "conv_state_indices", conv_state_indices.cpu(), n_slots, pad_slot_id)

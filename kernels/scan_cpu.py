@@ -40,7 +40,9 @@ class _SelectiveScan(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, h0: Tensor) -> tuple[Tensor, Tensor]:  # type: ignore[override]
+    def forward(
+        ctx, u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, h0: Tensor
+    ) -> tuple[Tensor, Tensor]:  # type: ignore[override]
         batch, dim, length = u.shape
         chunk = max(_MIN_CHUNK, _CHUNK_ELEMENTS // max(1, batch * dim * A.shape[1]))
         # Time-major contiguous copies, so every step below reads and writes one contiguous slab.
@@ -93,8 +95,14 @@ class _SelectiveScan(torch.autograd.Function):
             gA += torch.einsum("lbdn,lbd->dn", q, delta_t[sl])
             gdelta_t[sl] = (q * A).sum(-1) + u_t[sl] * g_b
             gu_t[sl] = delta_t[sl] * g_b
-        return (gu_t.permute(1, 2, 0), gdelta_t.permute(1, 2, 0), gA,
-                _from_time_major_bc(gB_t, B), _from_time_major_bc(gC_t, C), carry)  # fmt: skip
+        return (
+            gu_t.permute(1, 2, 0),
+            gdelta_t.permute(1, 2, 0),
+            gA,
+            _from_time_major_bc(gB_t, B),
+            _from_time_major_bc(gC_t, C),
+            carry,
+        )
 
 
 def _time_major(x: Tensor) -> Tensor:
@@ -209,7 +217,9 @@ def _selective_scan_exportable(
     # Export is inference only. With inputs that require grad, the ONNX exporter's type-promotion
     # pass replays `scan` through its autograd path, which fails on symbolic lengths (torch 2.13).
     u, delta, A, B, C = (t.detach() for t in (u, delta, A, B, C))
-    D, z, delta_bias, initial_state = (None if t is None else t.detach() for t in (D, z, delta_bias, initial_state))
+    D, z, delta_bias, initial_state = (
+        None if t is None else t.detach() for t in (D, z, delta_bias, initial_state)
+    )
     u, delta, A, B, C = _prepare(u, delta, A, B, C, delta_bias, delta_softplus)
     # Time-major step inputs: decay and drive [l, b, d, n], C [l, b, (d,) n].
     decay = torch.exp(delta.permute(2, 0, 1).unsqueeze(-1) * A)

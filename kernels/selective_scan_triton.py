@@ -32,23 +32,62 @@ from ._triton_common import (
 
 
 def _scan_kernel(
-    u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, delta_bias_ptr, h0_ptr, out_ptr, hT_ptr,
-    seqlen, dim, dstate, group_size, batch_bucket,
-    s_u_b, s_u_d, s_u_l,
-    s_dt_b, s_dt_d, s_dt_l,
-    s_A_d, s_A_n,
-    s_B_b, s_B_g, s_B_n, s_B_l,
-    s_C_b, s_C_g, s_C_n, s_C_l,
+    u_ptr,
+    delta_ptr,
+    A_ptr,
+    B_ptr,
+    C_ptr,
+    D_ptr,
+    z_ptr,
+    delta_bias_ptr,
+    h0_ptr,
+    out_ptr,
+    hT_ptr,
+    seqlen,
+    dim,
+    dstate,
+    group_size,
+    batch_bucket,
+    s_u_b,
+    s_u_d,
+    s_u_l,
+    s_dt_b,
+    s_dt_d,
+    s_dt_l,
+    s_A_d,
+    s_A_n,
+    s_B_b,
+    s_B_g,
+    s_B_n,
+    s_B_l,
+    s_C_b,
+    s_C_g,
+    s_C_n,
+    s_C_l,
     s_D_d,
-    s_z_b, s_z_d, s_z_l,
+    s_z_b,
+    s_z_d,
+    s_z_l,
     s_bias_d,
-    s_h0_b, s_h0_d, s_h0_n,
-    s_out_b, s_out_d, s_out_l,
-    s_hT_b, s_hT_d, s_hT_n,
-    HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_DELTA_BIAS: tl.constexpr, DELTA_SOFTPLUS: tl.constexpr,
-    HAS_H0: tl.constexpr, STORE_HT: tl.constexpr, PER_CHANNEL_GROUP: tl.constexpr,
-    BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
-):  # fmt: skip
+    s_h0_b,
+    s_h0_d,
+    s_h0_n,
+    s_out_b,
+    s_out_d,
+    s_out_l,
+    s_hT_b,
+    s_hT_d,
+    s_hT_n,
+    HAS_D: tl.constexpr,
+    HAS_Z: tl.constexpr,
+    HAS_DELTA_BIAS: tl.constexpr,
+    DELTA_SOFTPLUS: tl.constexpr,
+    HAS_H0: tl.constexpr,
+    STORE_HT: tl.constexpr,
+    PER_CHANNEL_GROUP: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+):
     pid_d = tl.program_id(0)
     pid_b = tl.program_id(1).to(tl.int64)
     offs_d = (pid_d * BLOCK_D + tl.arange(0, BLOCK_D)).to(tl.int64)
@@ -58,7 +97,9 @@ def _scan_kernel(
     mask_dn = mask_d[:, None] & mask_n[None, :]
 
     # Padded lanes hold A = 0, B = C = 0 and h = 0: they stay 0 and add nothing to y.
-    A = tl.load(A_ptr + offs_d[:, None] * s_A_d + offs_n[None, :] * s_A_n, mask=mask_dn, other=0.0).to(tl.float32)
+    A = tl.load(A_ptr + offs_d[:, None] * s_A_d + offs_n[None, :] * s_A_n, mask=mask_dn, other=0.0).to(
+        tl.float32
+    )
     if HAS_D:
         Dv = tl.load(D_ptr + offs_d * s_D_d, mask=mask_d, other=0.0).to(tl.float32)
     if HAS_DELTA_BIAS:
@@ -171,8 +212,9 @@ def selective_scan_triton(
     it turns autotuning off)."""
     op = "selective_scan"
     a = _checks.scan_args(op, u, delta, A, B, C, D, z, delta_bias, initial_state)
-    check_triton_dtypes(op, u=u, delta=delta, A=A, B=B, C=C, D=D, z=z, delta_bias=delta_bias,
-                        initial_state=initial_state)  # fmt: skip
+    check_triton_dtypes(
+        op, u=u, delta=delta, A=A, B=B, C=C, D=D, z=z, delta_bias=delta_bias, initial_state=initial_state
+    )
     check_grid_rows(op, a.batch)
     check_out(op, "out", out, (a.batch, a.dim, a.seqlen), u.dtype, u.device)
     check_out(op, "last_state_out", last_state_out, (a.batch, a.dim, a.dstate), torch.float32, u.device)
@@ -180,7 +222,11 @@ def selective_scan_triton(
         out = torch.empty_like(u, memory_format=torch.contiguous_format)
     hT = None
     if return_last_state:
-        hT = last_state_out if last_state_out is not None else u.new_empty(a.batch, a.dim, a.dstate, dtype=torch.float32)
+        hT = (
+            last_state_out
+            if last_state_out is not None
+            else u.new_empty(a.batch, a.dim, a.dstate, dtype=torch.float32)
+        )
     if a.batch == 0 or a.dim == 0:
         return (out, hT) if return_last_state else out
 
@@ -189,20 +235,48 @@ def selective_scan_triton(
         raise ValueError(f"{op}: N={a.dstate} state columns exceed the kernel's limit of 256")
     kernel, tuned = SCAN_KERNEL.get(autotune=block_d is None)
     args = (
-        u, delta, A, a.B, a.C, D, z, delta_bias, initial_state, out, hT,
-        a.seqlen, a.dim, a.dstate, a.dim // a.groups, next_pow2(a.batch),
-        *u.stride(), *delta.stride(), *A.stride(), *a.B.stride(), *a.C.stride(),
-        *strides(D, 1), *strides(z, 3), *strides(delta_bias, 1), *strides(initial_state, 3),
-        *out.stride(), *strides(hT, 3),
-    )  # fmt: skip
+        u,
+        delta,
+        A,
+        a.B,
+        a.C,
+        D,
+        z,
+        delta_bias,
+        initial_state,
+        out,
+        hT,
+        a.seqlen,
+        a.dim,
+        a.dstate,
+        a.dim // a.groups,
+        next_pow2(a.batch),
+        *u.stride(),
+        *delta.stride(),
+        *A.stride(),
+        *a.B.stride(),
+        *a.C.stride(),
+        *strides(D, 1),
+        *strides(z, 3),
+        *strides(delta_bias, 1),
+        *strides(initial_state, 3),
+        *out.stride(),
+        *strides(hT, 3),
+    )
     flags = dict(
-        HAS_D=D is not None, HAS_Z=z is not None, HAS_DELTA_BIAS=delta_bias is not None,
-        DELTA_SOFTPLUS=bool(delta_softplus), HAS_H0=initial_state is not None, STORE_HT=hT is not None,
+        HAS_D=D is not None,
+        HAS_Z=z is not None,
+        HAS_DELTA_BIAS=delta_bias is not None,
+        DELTA_SOFTPLUS=bool(delta_softplus),
+        HAS_H0=initial_state is not None,
+        STORE_HT=hT is not None,
         BLOCK_N=block_n,
-    )  # fmt: skip
+    )
     if tuned:
         kernel[lambda meta: (triton.cdiv(a.dim, meta["BLOCK_D"]), a.batch)](*args, **flags)
     else:
         bd = block_d or block_d_for(lambda b: triton.cdiv(a.dim, b), a.batch, a.dim, block_n, u.device)
-        kernel[(triton.cdiv(a.dim, bd), a.batch)](*args, **flags, BLOCK_D=bd, num_warps=warps_for(bd * block_n))
+        kernel[(triton.cdiv(a.dim, bd), a.batch)](
+            *args, **flags, BLOCK_D=bd, num_warps=warps_for(bd * block_n)
+        )
     return (out, hT) if return_last_state else out

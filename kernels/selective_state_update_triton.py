@@ -33,23 +33,53 @@ NAN = tl.constexpr(float("nan"))
 
 
 def _state_update_kernel(
-    state_ptr, x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, dt_bias_ptr, idx_ptr, out_ptr,
-    n_slots, dim, dstate, group_size, pad_slot_id,
-    s_st_s, s_st_d, s_st_n,
-    s_x_b, s_x_d,
-    s_dt_b, s_dt_d,
-    s_A_d, s_A_n,
-    s_B_b, s_B_g, s_B_n,
-    s_C_b, s_C_g, s_C_n,
+    state_ptr,
+    x_ptr,
+    dt_ptr,
+    A_ptr,
+    B_ptr,
+    C_ptr,
+    D_ptr,
+    z_ptr,
+    dt_bias_ptr,
+    idx_ptr,
+    out_ptr,
+    n_slots,
+    dim,
+    dstate,
+    group_size,
+    pad_slot_id,
+    s_st_s,
+    s_st_d,
+    s_st_n,
+    s_x_b,
+    s_x_d,
+    s_dt_b,
+    s_dt_d,
+    s_A_d,
+    s_A_n,
+    s_B_b,
+    s_B_g,
+    s_B_n,
+    s_C_b,
+    s_C_g,
+    s_C_n,
     s_D_d,
-    s_z_b, s_z_d,
+    s_z_b,
+    s_z_d,
     s_bias_d,
     s_idx,
-    s_out_b, s_out_d,
-    HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_DT_BIAS: tl.constexpr, DT_SOFTPLUS: tl.constexpr,
-    HAS_INDICES: tl.constexpr, PER_CHANNEL_GROUP: tl.constexpr,
-    BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
-):  # fmt: skip
+    s_out_b,
+    s_out_d,
+    HAS_D: tl.constexpr,
+    HAS_Z: tl.constexpr,
+    HAS_DT_BIAS: tl.constexpr,
+    DT_SOFTPLUS: tl.constexpr,
+    HAS_INDICES: tl.constexpr,
+    PER_CHANNEL_GROUP: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+):
     pid_d = tl.program_id(0)
     pid_b = tl.program_id(1).to(tl.int64)
     offs_d = (pid_d * BLOCK_D + tl.arange(0, BLOCK_D)).to(tl.int64)
@@ -84,11 +114,17 @@ def _state_update_kernel(
         exact = den != 0.0
         log1p_e = tl.where(exact, tl.log(one_e) * (e / tl.where(exact, den, 1.0)), e)
         dt = tl.where(dt > 20.0, dt, log1p_e)
-    A = tl.load(A_ptr + offs_d[:, None] * s_A_d + offs_n[None, :] * s_A_n, mask=mask_dn, other=0.0).to(tl.float32)
+    A = tl.load(A_ptr + offs_d[:, None] * s_A_d + offs_n[None, :] * s_A_n, mask=mask_dn, other=0.0).to(
+        tl.float32
+    )
     if PER_CHANNEL_GROUP:
         g = offs_d // group_size
-        Bt = tl.load(B_ptr + pid_b * s_B_b + g[:, None] * s_B_g + offs_n[None, :] * s_B_n, mask=mask_dn, other=0.0)
-        Ct = tl.load(C_ptr + pid_b * s_C_b + g[:, None] * s_C_g + offs_n[None, :] * s_C_n, mask=mask_dn, other=0.0)
+        Bt = tl.load(
+            B_ptr + pid_b * s_B_b + g[:, None] * s_B_g + offs_n[None, :] * s_B_n, mask=mask_dn, other=0.0
+        )
+        Ct = tl.load(
+            C_ptr + pid_b * s_C_b + g[:, None] * s_C_g + offs_n[None, :] * s_C_n, mask=mask_dn, other=0.0
+        )
         Bt = Bt.to(tl.float32)
         Ct = Ct.to(tl.float32)
     else:
@@ -155,12 +191,40 @@ def selective_state_update_triton(
     bd = block_d or block_d_for(lambda b: triton.cdiv(a.dim, b), a.batch, a.dim, block_n, x.device)
     kernel, _ = STATE_UPDATE_KERNEL.get(autotune=False)
     kernel[(triton.cdiv(a.dim, bd), a.batch)](
-        state, x, dt, A, a.B, a.C, D, z, dt_bias, idx, out,
-        a.n_slots, a.dim, a.dstate, a.dim // a.groups, int(pad_slot_id),
-        *state.stride(), *x.stride(), *dt.stride(), *A.stride(), *a.B.stride(), *a.C.stride(),
-        *strides(D, 1), *strides(z, 2), *strides(dt_bias, 1), *strides(idx, 1), *out.stride(),
-        HAS_D=D is not None, HAS_Z=z is not None, HAS_DT_BIAS=dt_bias is not None,
-        DT_SOFTPLUS=bool(dt_softplus), HAS_INDICES=idx is not None,
-        BLOCK_D=bd, BLOCK_N=block_n, num_warps=warps_for(bd * block_n),
-    )  # fmt: skip
+        state,
+        x,
+        dt,
+        A,
+        a.B,
+        a.C,
+        D,
+        z,
+        dt_bias,
+        idx,
+        out,
+        a.n_slots,
+        a.dim,
+        a.dstate,
+        a.dim // a.groups,
+        int(pad_slot_id),
+        *state.stride(),
+        *x.stride(),
+        *dt.stride(),
+        *A.stride(),
+        *a.B.stride(),
+        *a.C.stride(),
+        *strides(D, 1),
+        *strides(z, 2),
+        *strides(dt_bias, 1),
+        *strides(idx, 1),
+        *out.stride(),
+        HAS_D=D is not None,
+        HAS_Z=z is not None,
+        HAS_DT_BIAS=dt_bias is not None,
+        DT_SOFTPLUS=bool(dt_softplus),
+        HAS_INDICES=idx is not None,
+        BLOCK_D=bd,
+        BLOCK_N=block_n,
+        num_warps=warps_for(bd * block_n),
+    )
     return out

@@ -59,7 +59,9 @@ def selective_state_update_torch(
 ) -> torch.Tensor:
     op = "selective_state_update"
     a = _checks.state_update_args(op, state, x, dt, A, B, C, D, z, dt_bias, state_batch_indices)
-    rows, slots = _rows_and_slots(state_batch_indices, a.batch, a.n_slots, pad_slot_id, op, "state_batch_indices")
+    rows, slots = _rows_and_slots(
+        state_batch_indices, a.batch, a.n_slots, pad_slot_id, op, "state_batch_indices"
+    )
     Bg, Cg = a.B, a.C
     if rows is not None:
         x, dt, Bg, Cg = x[rows], dt[rows], Bg[rows], Cg[rows]
@@ -106,7 +108,9 @@ def causal_conv1d_update_torch(
     pad_slot_id: int = -1,
 ) -> torch.Tensor:
     op = "causal_conv1d_update"
-    batch, _dim, _width, n_slots = _checks.conv_update_args(op, x, conv_state, weight, bias, conv_state_indices)
+    batch, _dim, _width, n_slots = _checks.conv_update_args(
+        op, x, conv_state, weight, bias, conv_state_indices
+    )
     silu = _checks.activation(op, activation)
     rows, slots = _rows_and_slots(conv_state_indices, batch, n_slots, pad_slot_id, op, "conv_state_indices")
     if rows is not None:

@@ -36,8 +36,9 @@ def default_manifest() -> Path:
     return CORPUS_MANIFEST if CORPUS_MANIFEST.is_file() else SAMPLES_MANIFEST
 
 
-def load_clips(manifest: str | Path | None = None, limit: int | None = None, prompts: bool = True,
-               seed: int = 0) -> list[Clip]:
+def load_clips(
+    manifest: str | Path | None = None, limit: int | None = None, prompts: bool = True, seed: int = 0
+) -> list[Clip]:
     """The manifest's clips (a seeded random `limit` of them), decoded; errors name the line/field."""
     from mambaserve.clients.audio import load_audio
     from mambaserve.clients.evaluate import read_manifest

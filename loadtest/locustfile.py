@@ -42,11 +42,15 @@ def _add_arguments(parser) -> None:
     group = parser.add_argument_group("mambaserve")
     group.add_argument("--http-url", default="127.0.0.1:8000", help="tritonserver HTTP host:port")
     group.add_argument("--grpc-url", default="127.0.0.1:8001", help="tritonserver gRPC host:port")
-    group.add_argument("--manifest", default=str(default_manifest()), help="JSONL manifest of the clips to send")
+    group.add_argument(
+        "--manifest", default=str(default_manifest()), help="JSONL manifest of the clips to send"
+    )
     group.add_argument("--clip-limit", type=int, default=200, help="at most this many clips (seeded random)")
     group.add_argument("--mix", default=DEFAULT_MIX, help="user weights by key, e.g. http_asr=3,grpc_asr=1")
     group.add_argument("--user-rate", type=float, default=0.0, help="requests/s per user (0: closed loop)")
-    group.add_argument("--expect", default="", help="JSON {clip id: transcript}; another transcript is a failure")
+    group.add_argument(
+        "--expect", default="", help="JSON {clip id: transcript}; another transcript is a failure"
+    )
     group.add_argument("--timeout", type=float, default=60.0, help="seconds per request")
     group.add_argument("--seed", type=int, default=0)
 
@@ -95,4 +99,5 @@ def _write_log(environment, **_kwargs) -> None:
     prefix = getattr(environment.parsed_options, "csv_prefix", None)
     if prefix:
         Path(f"{prefix}_requests.json").write_text(
-            json.dumps({"by_type": _log, "errors": _errors, **_span}, separators=(",", ":")))
+            json.dumps({"by_type": _log, "errors": _errors, **_span}, separators=(",", ":"))
+        )

@@ -59,13 +59,31 @@ def install(cache_dir: Path | None = None, force: bool = False) -> Path:
     if force or not binary.exists():
         with tempfile.TemporaryDirectory() as tmp:
             proc = subprocess.run(
-                [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "-d", tmp,
-                 f"tritonclient=={WHEEL_VERSION}"], capture_output=True, text=True)
+                [
+                    sys.executable,
+                    "-m",
+                    "pip",
+                    "download",
+                    "--no-deps",
+                    "--quiet",
+                    "-d",
+                    tmp,
+                    f"tritonclient=={WHEEL_VERSION}",
+                ],
+                capture_output=True,
+                text=True,
+            )
             wheels = list(Path(tmp).glob(f"tritonclient-{WHEEL_VERSION}-*.whl"))
             if proc.returncode != 0 or not wheels:
-                raise PerfAnalyzerError(f"pip download tritonclient=={WHEEL_VERSION} failed:\n{proc.stderr[-2000:]}")
+                raise PerfAnalyzerError(
+                    f"pip download tritonclient=={WHEEL_VERSION} failed:\n{proc.stderr[-2000:]}"
+                )
             binary.parent.mkdir(parents=True, exist_ok=True)
-            with zipfile.ZipFile(wheels[0]) as wheel, wheel.open(WHEEL_BINARY) as src, open(binary, "wb") as dst:
+            with (
+                zipfile.ZipFile(wheels[0]) as wheel,
+                wheel.open(WHEEL_BINARY) as src,
+                open(binary, "wb") as dst,
+            ):
                 shutil.copyfileobj(src, dst)
         binary.chmod(0o755)
     shim = cache / "lib"
@@ -87,7 +105,9 @@ def install(cache_dir: Path | None = None, force: bool = False) -> Path:
     )
     wrapper.chmod(0o755)
     if not _works(wrapper):
-        raise PerfAnalyzerError(f"{wrapper} was installed but does not run (missing libraries? try ldd {binary})")
+        raise PerfAnalyzerError(
+            f"{wrapper} was installed but does not run (missing libraries? try ldd {binary})"
+        )
     return wrapper
 
 
@@ -103,20 +123,39 @@ def _works(wrapper: Path) -> bool:
 def write_input_data(path: str | os.PathLike, clips: list[np.ndarray]) -> Path:
     """perf_analyzer's --input-data JSON: one entry per clip, AUDIO with its own shape (real speech)."""
     path = Path(path)
-    data = [{spec.AUDIO.name: {"content": np.asarray(c, np.float32).round(6).tolist(), "shape": [len(c)]}}
-            for c in clips]
+    data = [
+        {spec.AUDIO.name: {"content": np.asarray(c, np.float32).round(6).tolist(), "shape": [len(c)]}}
+        for c in clips
+    ]
     path.write_text(json.dumps({"data": data}))
     return path
 
 
-_AVG_PARTS = ("Client Send", "Network+Server Send/Recv", "Server Queue", "Server Compute Input",
-              "Server Compute Infer", "Server Compute Output", "Client Recv")
+_AVG_PARTS = (
+    "Client Send",
+    "Network+Server Send/Recv",
+    "Server Queue",
+    "Server Compute Input",
+    "Server Compute Infer",
+    "Server Compute Output",
+    "Client Recv",
+)
 """Columns of perf_analyzer's CSV that add up to its average client latency (no 'Avg latency' column)."""
 
 
-def run(*, url: str, input_data: str | os.PathLike, concurrency: str = "1", protocol: str = "grpc",
-        model: str = spec.ASR, measurement_ms: int = 4000, stability: int = 50, max_trials: int = 10,
-        timeout: float = 600.0, extra: tuple[str, ...] = ()) -> list[dict]:
+def run(
+    *,
+    url: str,
+    input_data: str | os.PathLike,
+    concurrency: str = "1",
+    protocol: str = "grpc",
+    model: str = spec.ASR,
+    measurement_ms: int = 4000,
+    stability: int = 50,
+    max_trials: int = 10,
+    timeout: float = 600.0,
+    extra: tuple[str, ...] = (),
+) -> list[dict]:
     """Run perf_analyzer (concurrency "1" or "1:16:4" = start:end:step); one dict per concurrency.
 
     `stability` is perf_analyzer's -s (percent the last 3 windows may differ): its default of 10 is
@@ -127,13 +166,34 @@ def run(*, url: str, input_data: str | os.PathLike, concurrency: str = "1", prot
     exe = install()
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "pa.csv"
-        cmd = [str(exe), "-m", model, "-u", url, "-i", protocol, "--input-data", str(input_data),
-               "--concurrency-range", concurrency, "--measurement-interval", str(measurement_ms),
-               "-s", str(stability), "--max-trials", str(max_trials), "-f", str(out), *extra]
+        cmd = [
+            str(exe),
+            "-m",
+            model,
+            "-u",
+            url,
+            "-i",
+            protocol,
+            "--input-data",
+            str(input_data),
+            "--concurrency-range",
+            concurrency,
+            "--measurement-interval",
+            str(measurement_ms),
+            "-s",
+            str(stability),
+            "--max-trials",
+            str(max_trials),
+            "-f",
+            str(out),
+            *extra,
+        ]
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
         if proc.returncode != 0 or not out.exists():
-            raise PerfAnalyzerError(f"perf_analyzer failed (exit {proc.returncode}): {' '.join(cmd)}\n"
-                                    f"{(proc.stdout + proc.stderr)[-3000:]}")
+            raise PerfAnalyzerError(
+                f"perf_analyzer failed (exit {proc.returncode}): {' '.join(cmd)}\n"
+                f"{(proc.stdout + proc.stderr)[-3000:]}"
+            )
         rows = list(csv.DictReader(out.open()))
 
     def ms(row: dict, key: str) -> float:
@@ -150,14 +210,18 @@ def run(*, url: str, input_data: str | os.PathLike, concurrency: str = "1", prot
             "p99_ms": ms(r, "p99 latency"),
             "avg_ms": sum(ms(r, k) for k in _AVG_PARTS),
             "queue_ms": ms(r, "Server Queue"),
-            "compute_ms": ms(r, "Server Compute Input") + ms(r, "Server Compute Infer") + ms(r, "Server Compute Output"),
+            "compute_ms": ms(r, "Server Compute Input")
+            + ms(r, "Server Compute Infer")
+            + ms(r, "Server Compute Output"),
         }
         for r in rows
     ]
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m mambaserve.loadtest.perf_analyzer", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m mambaserve.loadtest.perf_analyzer", description=__doc__.splitlines()[0]
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     inst = sub.add_parser("install", help="install the perf_analyzer wrapper into this venv")
     inst.add_argument("--force", action="store_true")

@@ -65,5 +65,7 @@ def is_zombie(pid: int) -> bool:
 
 def snapshot(server_pid: int) -> dict[str, dict[str, float]]:
     """{process group: {"rss_bytes", "cpu_seconds", "processes"}} for the server and each model."""
-    return {name: {"rss_bytes": rss_bytes(pids), "cpu_seconds": cpu_seconds(pids), "processes": len(pids)}
-            for name, pids in server_processes(server_pid).items()}
+    return {
+        name: {"rss_bytes": rss_bytes(pids), "cpu_seconds": cpu_seconds(pids), "processes": len(pids)}
+        for name, pids in server_processes(server_pid).items()
+    }

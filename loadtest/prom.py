@@ -44,7 +44,9 @@ def render_config(targets: list[str], interval: str = "1s", source: Path = PROME
     config = yaml.safe_load(source.read_text())
     config["global"]["scrape_interval"] = interval
     config["global"]["evaluation_interval"] = interval
-    config["rule_files"] = [str((source.parent / pattern).resolve()) for pattern in config.get("rule_files", [])]
+    config["rule_files"] = [
+        str((source.parent / pattern).resolve()) for pattern in config.get("rule_files", [])
+    ]
     jobs = [job for job in config["scrape_configs"] if job["job_name"] == JOB]
     if len(jobs) != 1:
         raise PrometheusError(f"{source} has no scrape job '{JOB}'")
@@ -55,13 +57,21 @@ def render_config(targets: list[str], interval: str = "1s", source: Path = PROME
 class Prometheus:
     """A prometheus child process on a free port with a throw-away TSDB."""
 
-    def __init__(self, targets: list[str], *, interval: str = "1s", binary: str = "prometheus",
-                 startup_timeout: float = 30.0):
+    def __init__(
+        self,
+        targets: list[str],
+        *,
+        interval: str = "1s",
+        binary: str = "prometheus",
+        startup_timeout: float = 30.0,
+    ):
         self.targets = list(targets)
         self.interval = interval
         self.binary = shutil.which(binary)
         if self.binary is None:
-            raise PrometheusError(f"'{binary}' not found on PATH: install the Debian package (make system-deps)")
+            raise PrometheusError(
+                f"'{binary}' not found on PATH: install the Debian package (make system-deps)"
+            )
         self.startup_timeout = startup_timeout
         self.port = _free_port()
         self._dir: Path | None = None
@@ -77,9 +87,16 @@ class Prometheus:
         config.write_text(yaml.safe_dump(render_config(self.targets, self.interval)))
         self._log = open(self._dir / "prometheus.log", "wb")  # noqa: SIM115 (closed in stop())
         self._proc = subprocess.Popen(
-            [self.binary, f"--config.file={config}", f"--storage.tsdb.path={self._dir / 'tsdb'}",
-             f"--web.listen-address=127.0.0.1:{self.port}", "--web.enable-lifecycle"],
-            stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            [
+                self.binary,
+                f"--config.file={config}",
+                f"--storage.tsdb.path={self._dir / 'tsdb'}",
+                f"--web.listen-address=127.0.0.1:{self.port}",
+                "--web.enable-lifecycle",
+            ],
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
         )
         deadline = time.monotonic() + self.startup_timeout
         while True:
@@ -92,7 +109,9 @@ class Prometheus:
             except OSError:
                 pass
             if time.monotonic() > deadline:
-                raise PrometheusError(f"prometheus not ready after {self.startup_timeout} s:\n{self.log_tail()}")
+                raise PrometheusError(
+                    f"prometheus not ready after {self.startup_timeout} s:\n{self.log_tail()}"
+                )
             time.sleep(0.2)
 
     def log_tail(self, lines: int = 30) -> str:
@@ -148,7 +167,9 @@ class Prometheus:
             if result:
                 return result
             if time.monotonic() > deadline:
-                raise PrometheusError(f"no data for {expr!r} after {timeout} s; targets: {self.targets_health()}")
+                raise PrometheusError(
+                    f"no data for {expr!r} after {timeout} s; targets: {self.targets_health()}"
+                )
             time.sleep(0.5)
 
     def targets_health(self) -> list[tuple[str, str, str]]:

@@ -81,12 +81,17 @@ def diff(before: dict[str, dict], after: dict[str, dict]) -> dict[str, ModelProf
         # batch_stats count each execution once
         compute = sum(_ns(b, k) - _ns(a, k) for k in _COMPUTE)
         hist_a = {s["batch_size"]: s["compute_infer"]["count"] for s in a.get("batch_stats", [])}
-        hist = {s["batch_size"]: s["compute_infer"]["count"] - hist_a.get(s["batch_size"], 0)
-                for s in b.get("batch_stats", [])}
+        hist = {
+            s["batch_size"]: s["compute_infer"]["count"] - hist_a.get(s["batch_size"], 0)
+            for s in b.get("batch_stats", [])
+        }
         exec_ns = _batch_ns(b) - _batch_ns(a)
         batch_execs = sum(hist.values())
         out[name] = ModelProfile(
-            model=name, requests=requests, inferences=inferences, executions=executions,
+            model=name,
+            requests=requests,
+            inferences=inferences,
+            executions=executions,
             avg_batch=inferences / executions if executions else float("nan"),
             queue_ms_per_request=queue / 1e6 / requests if requests else float("nan"),
             compute_ms_per_request=compute / 1e6 / requests if requests else float("nan"),
@@ -98,11 +103,16 @@ def diff(before: dict[str, dict], after: dict[str, dict]) -> dict[str, ModelProf
 
 def markdown_table(profiles: dict[str, ModelProfile], order: tuple[str, ...] = ()) -> str:
     names = [n for n in order if n in profiles] + sorted(n for n in profiles if n not in order)
-    lines = ["| model | requests | executions | avg batch | queue ms/request | compute ms/execution | "
-             "batch sizes (count) |", "|---|---:|---:|---:|---:|---:|---|"]
+    lines = [
+        "| model | requests | executions | avg batch | queue ms/request | compute ms/execution | "
+        "batch sizes (count) |",
+        "|---|---:|---:|---:|---:|---:|---|",
+    ]
     for n in names:
         p = profiles[n]
         hist = ", ".join(f"{k}:{v}" for k, v in p.batch_histogram.items()) or "–"
-        lines.append(f"| {n} | {p.requests} | {p.executions} | {p.avg_batch:.2f} | {p.queue_ms_per_request:.1f} | "
-                     f"{p.compute_ms_per_execution:.1f} | {hist} |")
+        lines.append(
+            f"| {n} | {p.requests} | {p.executions} | {p.avg_batch:.2f} | {p.queue_ms_per_request:.1f} | "
+            f"{p.compute_ms_per_execution:.1f} | {hist} |"
+        )
     return "\n".join(lines)

@@ -41,9 +41,12 @@ class RssSampler(threading.Thread):
 
     def sample(self) -> dict:
         snap = procs.snapshot(self.server_pid)
-        row = {"t": time.time(), "total": sum(v["rss_bytes"] for v in snap.values()),
-               "by_group": {k: v["rss_bytes"] for k, v in snap.items()},
-               "processes": sum(v["processes"] for v in snap.values())}
+        row = {
+            "t": time.time(),
+            "total": sum(v["rss_bytes"] for v in snap.values()),
+            "by_group": {k: v["rss_bytes"] for k, v in snap.items()},
+            "processes": sum(v["processes"] for v in snap.values()),
+        }
         self.samples.append(row)
         return row
 
@@ -77,9 +80,13 @@ def _plot(samples: list[dict], path: Path) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m mambaserve.loadtest.soak", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m mambaserve.loadtest.soak", description=__doc__.splitlines()[0]
+    )
     parser.add_argument("--minutes", type=float, default=10.0)
-    parser.add_argument("--rate", type=float, default=None, help="total requests/s (default: 80 %% of measured capacity)")
+    parser.add_argument(
+        "--rate", type=float, default=None, help="total requests/s (default: 80 %% of measured capacity)"
+    )
     parser.add_argument("--users", type=int, default=8)
     parser.add_argument("--repository", default=None)
     parser.add_argument("--checkpoint", default=None)
@@ -114,8 +121,13 @@ def main(argv: list[str] | None = None) -> int:
         with ASRClient(server.grpc_url) as asr:
             reference = {c.id: asr.transcribe(c.audio).text for c in clips}
         (Path(tmp) / "expect.json").write_text(json.dumps(reference))
-        common = {"http_url": server.http_url, "grpc_url": server.grpc_url, "mix": "grpc_asr=1",
-                  "manifest": str(Path(tmp) / "clips.jsonl"), "clip_limit": len(clips)}
+        common = {
+            "http_url": server.http_url,
+            "grpc_url": server.grpc_url,
+            "mix": "grpc_asr=1",
+            "manifest": str(Path(tmp) / "clips.jsonl"),
+            "clip_limit": len(clips),
+        }
         if args.rate:
             rate, capacity = args.rate, None
         else:
@@ -127,8 +139,14 @@ def main(argv: list[str] | None = None) -> int:
         sampler.sample()
         sampler.start()
         log(f"soak: {args.minutes} min at {rate:.2f} req/s ({args.users} users)")
-        result = run_locust(users=args.users, duration=f"{round(args.minutes * 60)}s", user_rate=rate / args.users,
-                            expect=str(Path(tmp) / "expect.json"), csv_prefix=Path(tmp) / "soak", **common)
+        result = run_locust(
+            users=args.users,
+            duration=f"{round(args.minutes * 60)}s",
+            user_rate=rate / args.users,
+            expect=str(Path(tmp) / "expect.json"),
+            csv_prefix=Path(tmp) / "soak",
+            **common,
+        )
         sampler.stop()
     print(format_table(result))
     wrong = sum(e["count"] for e in result.errors if "WrongAnswer" in e["error"])
@@ -142,35 +160,63 @@ def main(argv: list[str] | None = None) -> int:
     first_s = sum(v for k, v in first["by_group"].items() if k in serving)
     last_s = sum(v for k, v in last["by_group"].items() if k in serving)
     growth_serving = (last_s - first_s) / first_s if first_s else float("nan")
-    by_group = {k: {"first_mib": first["by_group"].get(k, 0) / 2**20, "last_mib": v / 2**20}
-                for k, v in last["by_group"].items()}
+    by_group = {
+        k: {"first_mib": first["by_group"].get(k, 0) / 2**20, "last_mib": v / 2**20}
+        for k, v in last["by_group"].items()
+    }
     ok = failures == 0 and wrong == 0 and growth <= RSS_GOAL
-    data = {"date": _now(), "commit": _commit(), "machine": _machine(), "checkpoint": str(ckpt),
-            "random_checkpoint": random_ckpt, "minutes": args.minutes, "users": args.users, "rate": rate,
-            "capacity": capacity, "achieved_rps": result.rps, "requests": result.requests, "failures": failures,
-            "wrong_answers": wrong, "errors": result.errors[:20], "p50_ms": result.p50_ms, "p99_ms": result.p99_ms,
-            "rss_first_mib": first["total"] / 2**20, "rss_last_mib": last["total"] / 2**20,
-            "rss_peak_mib": peak / 2**20, "rss_growth": growth, "rss_growth_asr_processes": growth_serving,
-            "rss_by_process_group": by_group,
-            "processes": last["processes"], "passed": ok,
-            "rss_samples": [(round(s["t"] - first["t"], 1), s["total"]) for s in samples]}
+    data = {
+        "date": _now(),
+        "commit": _commit(),
+        "machine": _machine(),
+        "checkpoint": str(ckpt),
+        "random_checkpoint": random_ckpt,
+        "minutes": args.minutes,
+        "users": args.users,
+        "rate": rate,
+        "capacity": capacity,
+        "achieved_rps": result.rps,
+        "requests": result.requests,
+        "failures": failures,
+        "wrong_answers": wrong,
+        "errors": result.errors[:20],
+        "p50_ms": result.p50_ms,
+        "p99_ms": result.p99_ms,
+        "rss_first_mib": first["total"] / 2**20,
+        "rss_last_mib": last["total"] / 2**20,
+        "rss_peak_mib": peak / 2**20,
+        "rss_growth": growth,
+        "rss_growth_asr_processes": growth_serving,
+        "rss_by_process_group": by_group,
+        "processes": last["processes"],
+        "passed": ok,
+        "rss_samples": [(round(s["t"] - first["t"], 1), s["total"]) for s in samples],
+    }
     (out / "soak.json").write_text(json.dumps(data, indent=1))
     plot = _plot(samples, out / "soak_rss.png")
-    groups = "\n".join(f"| {k} | {v['first_mib']:.0f} | {v['last_mib']:.0f} |" for k, v in sorted(by_group.items()))
-    md = (f"{args.minutes:g} min at a fixed {rate:.2f} req/s ({args.users} gRPC users"
-          + (f"; 80 % of the {capacity:.2f} req/s measured closed-loop" if capacity else "") + f"), {len(clips)} clips, "
-          f"every answer compared with the clip's single-request transcript. Run {data['date']}, commit {data['commit']}"
-          + (" (random checkpoint)" if random_ckpt else "") + ".\n\n"
-          f"| requests | achieved req/s | failures | wrong answers | p50 ms | p99 ms | RSS first → last (peak) MiB | "
-          f"growth | pass |\n|---:|---:|---:|---:|---:|---:|---|---:|:---:|\n"
-          f"| {result.requests} | {result.rps:.2f} | {failures} | {wrong} | {result.p50_ms:.0f} | {result.p99_ms:.0f} | "
-          f"{data['rss_first_mib']:.0f} → {data['rss_last_mib']:.0f} ({data['rss_peak_mib']:.0f}) | "
-          f"{100 * growth:+.2f} % | {'yes' if ok else '**no**'} |\n\n"
-          f"RSS = tritonserver + all its stub processes ({last['processes']} processes), sampled every 5 s. "
-          f"Counting only tritonserver and the `{spec.ASR}` pipeline's stubs (the others served nothing): "
-          f"{100 * growth_serving:+.2f} %.\n\n"
-          f"| process group | first MiB | last MiB |\n|---|---:|---:|\n{groups}\n\n![soak RSS]({plot.name})")
-    write_section("soak", "Soak", md, {k: v for k, v in data.items() if k != "rss_samples"}, out=out / "sections")
+    groups = "\n".join(
+        f"| {k} | {v['first_mib']:.0f} | {v['last_mib']:.0f} |" for k, v in sorted(by_group.items())
+    )
+    md = (
+        f"{args.minutes:g} min at a fixed {rate:.2f} req/s ({args.users} gRPC users"
+        + (f"; 80 % of the {capacity:.2f} req/s measured closed-loop" if capacity else "")
+        + f"), {len(clips)} clips, "
+        f"every answer compared with the clip's single-request transcript. Run {data['date']}, commit {data['commit']}"
+        + (" (random checkpoint)" if random_ckpt else "")
+        + ".\n\n"
+        f"| requests | achieved req/s | failures | wrong answers | p50 ms | p99 ms | RSS first → last (peak) MiB | "
+        f"growth | pass |\n|---:|---:|---:|---:|---:|---:|---|---:|:---:|\n"
+        f"| {result.requests} | {result.rps:.2f} | {failures} | {wrong} | {result.p50_ms:.0f} | {result.p99_ms:.0f} | "
+        f"{data['rss_first_mib']:.0f} → {data['rss_last_mib']:.0f} ({data['rss_peak_mib']:.0f}) | "
+        f"{100 * growth:+.2f} % | {'yes' if ok else '**no**'} |\n\n"
+        f"RSS = tritonserver + all its stub processes ({last['processes']} processes), sampled every 5 s. "
+        f"Counting only tritonserver and the `{spec.ASR}` pipeline's stubs (the others served nothing): "
+        f"{100 * growth_serving:+.2f} %.\n\n"
+        f"| process group | first MiB | last MiB |\n|---|---:|---:|\n{groups}\n\n![soak RSS]({plot.name})"
+    )
+    write_section(
+        "soak", "Soak", md, {k: v for k, v in data.items() if k != "rss_samples"}, out=out / "sections"
+    )
     print(json.dumps({k: v for k, v in data.items() if k not in ("rss_samples", "machine", "errors")}))
     return 0 if ok else 1
 

@@ -46,7 +46,9 @@ class PerceiverBridge(nn.Module):
         self.latents = nn.Parameter(torch.randn(config.n_latents, d_dec) * 0.02)
         self.memory_proj = nn.Linear(d_enc, d_dec)
         self.memory_norm = nn.LayerNorm(d_dec)
-        self.layers = nn.ModuleList(_CrossAttentionLayer(d_dec, config.n_heads) for _ in range(config.n_layers))
+        self.layers = nn.ModuleList(
+            _CrossAttentionLayer(d_dec, config.n_heads) for _ in range(config.n_layers)
+        )
 
     def forward(self, frames: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
         batch, n, _ = frames.shape

@@ -118,7 +118,9 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Che
     missing = expected - set(state)
     unexpected = set(state) - set(model.state_dict())
     if missing or unexpected:
-        raise ValueError(f"{path}: missing weights {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}")
+        raise ValueError(
+            f"{path}: missing weights {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}"
+        )
     model.load_state_dict(state, strict=False)
     return Checkpoint(model.to(device).eval(), tokenizer, config, path)
 

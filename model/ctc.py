@@ -72,8 +72,12 @@ class CTCPrefixScorer:
         h, _, t = self.x.shape
         r_b = torch.cumsum(self.x[:, self.blank], dim=-1)
         r_n = torch.full((h, t), NEG_INF, dtype=torch.float64, device=self.x.device)
-        return CTCPrefixState(r_n, r_b, torch.zeros(h, dtype=torch.float64, device=self.x.device),
-                              torch.full((h,), -1, dtype=torch.long, device=self.x.device))  # fmt: skip
+        return CTCPrefixState(
+            r_n,
+            r_b,
+            torch.zeros(h, dtype=torch.float64, device=self.x.device),
+            torch.full((h,), -1, dtype=torch.long, device=self.x.device),
+        )
 
     def score(self, state: CTCPrefixState, candidates: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Prefix scores psi(g + c) [H, K] and forward variables [H, K, T] for candidates [H, K].
@@ -94,7 +98,9 @@ class CTCPrefixScorer:
         phi_prev = torch.cat([start, phi[..., :-1]], dim=-1)  # phi[t-1], with the t=0 start term
         r_n = _log_linear_recurrence(x_c, phi_prev)
         x_blank = self.x[:, self.blank][:, None, :].expand(h, k, -1)
-        r_b = _log_linear_recurrence(x_blank, torch.cat([torch.full_like(r_n[..., :1], NEG_INF), r_n[..., :-1]], -1))
+        r_b = _log_linear_recurrence(
+            x_blank, torch.cat([torch.full_like(r_n[..., :1], NEG_INF), r_n[..., :-1]], -1)
+        )
         psi = torch.logsumexp(phi_prev + x_c, dim=-1)
         is_eos = candidates == self.eos
         if is_eos.any():
@@ -104,9 +110,14 @@ class CTCPrefixScorer:
 
     @staticmethod
     def advance(
-        state: CTCPrefixState, hyp_index: Tensor, cand_index: Tensor, candidates: Tensor,
-        psi: Tensor, r_n: Tensor, r_b: Tensor,
-    ) -> CTCPrefixState:  # fmt: skip
+        state: CTCPrefixState,
+        hyp_index: Tensor,
+        cand_index: Tensor,
+        candidates: Tensor,
+        psi: Tensor,
+        r_n: Tensor,
+        r_b: Tensor,
+    ) -> CTCPrefixState:
         """State of the chosen extensions (hypothesis ``hyp_index`` extended by its ``cand_index``-th candidate)."""
         return CTCPrefixState(
             r_n[hyp_index, cand_index],

@@ -44,7 +44,9 @@ class SpeechEncoder(nn.Module):
         if config.frontend == "conv":
             self.input_proj: nn.Module = StackConv(config.subsampling, n_mels, config.frontend_channels, d)
         elif config.frontend == "linear":
-            self.input_proj = nn.Sequential(nn.Linear(n_mels * config.subsampling, d), nn.GELU(), nn.Linear(d, d))
+            self.input_proj = nn.Sequential(
+                nn.Linear(n_mels * config.subsampling, d), nn.GELU(), nn.Linear(d, d)
+            )
         else:
             raise ValueError(f"encoder.frontend must be 'linear' or 'conv', got {config.frontend!r}")
         self.dropout = nn.Dropout(config.dropout)

@@ -114,7 +114,11 @@ class MambaBlock(nn.Module):
         return dt @ self.dt_proj.weight.T, B, C
 
     def forward(
-        self, x: Tensor, conv_state: Tensor | None = None, ssm_state: Tensor | None = None, mask: Tensor | None = None
+        self,
+        x: Tensor,
+        conv_state: Tensor | None = None,
+        ssm_state: Tensor | None = None,
+        mask: Tensor | None = None,
     ) -> tuple[Tensor, Tensor, Tensor]:
         """x [B, L, d_model] -> (y [B, L, d_model], conv_state', ssm_state'); mask [B, L] (1 = real)."""
         c = self.config
@@ -126,7 +130,12 @@ class MambaBlock(nn.Module):
         if conv_state is None:
             conv_state = xi.new_zeros(batch, c.d_inner, c.d_conv - 1)
         xc, new_conv = kernels.causal_conv1d_fn(
-            xi, self.conv_weight, self.conv_bias, initial_states=conv_state, return_final_states=True, activation="silu"
+            xi,
+            self.conv_weight,
+            self.conv_bias,
+            initial_states=conv_state,
+            return_final_states=True,
+            activation="silu",
         )
         if mask is not None and not torch.compiler.is_exporting():
             new_conv = _conv_state_at_ends(conv_state, xi, mask)
@@ -135,16 +144,31 @@ class MambaBlock(nn.Module):
         delta = dt.transpose(1, 2)
         if mask is None:
             y, new_ssm = kernels.selective_scan(
-                xc, delta, A, B.transpose(1, 2), C.transpose(1, 2), self.D.float(), z.transpose(1, 2),
-                delta_bias=self.dt_proj.bias.float(), delta_softplus=True, return_last_state=True,
+                xc,
+                delta,
+                A,
+                B.transpose(1, 2),
+                C.transpose(1, 2),
+                self.D.float(),
+                z.transpose(1, 2),
+                delta_bias=self.dt_proj.bias.float(),
+                delta_softplus=True,
+                return_last_state=True,
                 initial_state=ssm_state,
-            )  # fmt: skip
+            )
         else:  # softplus here so that masked steps get exactly zero step size
             delta = F.softplus(delta + self.dt_proj.bias[:, None]) * mask[:, None, :].to(delta.dtype)
             y, new_ssm = kernels.selective_scan(
-                xc, delta, A, B.transpose(1, 2), C.transpose(1, 2), self.D.float(), z.transpose(1, 2),
-                return_last_state=True, initial_state=ssm_state,
-            )  # fmt: skip
+                xc,
+                delta,
+                A,
+                B.transpose(1, 2),
+                C.transpose(1, 2),
+                self.D.float(),
+                z.transpose(1, 2),
+                return_last_state=True,
+                initial_state=ssm_state,
+            )
         out = self.out_proj(y.transpose(1, 2))
         return x + self.dropout(out), new_conv, new_ssm
 
@@ -161,9 +185,18 @@ class MambaBlock(nn.Module):
         dt, B, C = self._ssm_inputs(xc)
         A = self._A()
         y = kernels.selective_state_update(
-            ssm_state, xc, dt, A, B, C, D=self.D.float(), z=z, dt_bias=self.dt_proj.bias.float(), dt_softplus=True,
+            ssm_state,
+            xc,
+            dt,
+            A,
+            B,
+            C,
+            D=self.D.float(),
+            z=z,
+            dt_bias=self.dt_proj.bias.float(),
+            dt_softplus=True,
             state_batch_indices=slots,
-        )  # fmt: skip
+        )
         return x + self.out_proj(y)
 
 

@@ -61,7 +61,9 @@ class OnnxDecodeStep:
 
         path = Path(path)
         if not path.is_file():
-            raise FileNotFoundError(f"decode step graph {path} does not exist (the build writes {spec.DECODER_STEP_FILE})")
+            raise FileNotFoundError(
+                f"decode step graph {path} does not exist (the build writes {spec.DECODER_STEP_FILE})"
+            )
         options = ort.SessionOptions()
         options.intra_op_num_threads = max(0, int(threads))
         options.inter_op_num_threads = 1
@@ -80,8 +82,11 @@ class OnnxDecodeStep:
     def _check_signature(self) -> None:
         inputs = [(i.name, i.type) for i in self.session.get_inputs()]
         outputs = [o.name for o in self.session.get_outputs()]
-        want_in = [(spec.TOKENS.name, "tensor(int64)"), (spec.CONV_STATE.name, "tensor(float)"),
-                   (spec.SSM_STATE.name, "tensor(float)")]  # fmt: skip
+        want_in = [
+            (spec.TOKENS.name, "tensor(int64)"),
+            (spec.CONV_STATE.name, "tensor(float)"),
+            (spec.SSM_STATE.name, "tensor(float)"),
+        ]
         want_out = [t.name for t in spec.DECODER_STEP_OUTPUTS]
         if inputs != want_in or outputs != want_out:
             raise ValueError(
@@ -109,7 +114,9 @@ class OnnxDecodeStep:
         for name, t, width in (("conv", state.conv, self.conv_width), ("ssm", state.ssm, self.d_state)):
             shape = (self.layers, batch, self.d_inner, width)
             if tuple(t.shape) != shape:
-                raise ValueError(f"state.{name} must have shape {list(shape)} [layers, batch, d_inner, ...], got {list(t.shape)}")
+                raise ValueError(
+                    f"state.{name} must have shape {list(shape)} [layers, batch, d_inner, ...], got {list(t.shape)}"
+                )
             if t.device.type != "cpu":
                 raise ValueError(f"OnnxDecodeStep runs on the CPU; state.{name} is on {t.device}")
         return batch
@@ -130,7 +137,9 @@ class OnnxDecodeStep:
         conv = state.conv.to(torch.float32).contiguous()
         ssm = state.ssm.to(torch.float32).contiguous()
         if out.conv.data_ptr() == conv.data_ptr() or out.ssm.data_ptr() == ssm.data_ptr():
-            raise ValueError("advance: out must not share memory with state (the graph reads one while writing the other)")
+            raise ValueError(
+                "advance: out must not share memory with state (the graph reads one while writing the other)"
+            )
         logits = torch.empty(batch, self.vocab_size)
         self._bind(spec.TOKENS.name, tokens)
         self._bind(spec.CONV_STATE.name, conv)

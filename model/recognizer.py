@@ -51,7 +51,9 @@ class Recognizer:
         self.step: DecodeStep = self.model.decoder.step
         if isinstance(decode_step, (str, Path)):
             if self.device.type != "cpu":
-                raise ValueError(f"decode_step={str(decode_step)!r} runs on the CPU; this Recognizer is on {self.device}")
+                raise ValueError(
+                    f"decode_step={str(decode_step)!r} runs on the CPU; this Recognizer is on {self.device}"
+                )
             from mambaserve.model.onnx_step import OnnxDecodeStep  # onnxruntime: only when asked for
 
             self.step = OnnxDecodeStep(decode_step, threads=step_threads)
@@ -107,18 +109,28 @@ class Recognizer:
             raise ValueError(f"decoding method must be one of {METHODS}, got {method!r}")
         batch = enc.prefix.shape[0]
         prompt_ids = [self.validate_prompt(p) for p in (prompts or [None] * batch)]
-        max_lengths = max_decode_lengths(enc.ctc_lengths, self.frame_seconds, d.max_tokens_per_second, d.min_tokens)
+        max_lengths = max_decode_lengths(
+            enc.ctc_lengths, self.frame_seconds, d.max_tokens_per_second, d.min_tokens
+        )
         decoder = self.model.decoder
         if method == "greedy":
             return greedy_search(decoder, enc, prompt_ids, max_lengths, self.config.eos_id, step=self.step)
         return beam_search(
-            decoder, enc, prompt_ids, max_lengths, self.config.eos_id, self.config.blank_id,
+            decoder,
+            enc,
+            prompt_ids,
+            max_lengths,
+            self.config.eos_id,
+            self.config.blank_id,
             beam_size=beam_size or d.beam_size,
             ctc_weight=d.ctc_weight if ctc_weight is None else ctc_weight,
-            length_penalty=d.length_penalty, step=self.step,
-        )  # fmt: skip
+            length_penalty=d.length_penalty,
+            step=self.step,
+        )
 
-    def decode(self, enc: EncoderOutput, prompts: Sequence[str | bytes | None] | None = None, **kwargs) -> list[str]:
+    def decode(
+        self, enc: EncoderOutput, prompts: Sequence[str | bytes | None] | None = None, **kwargs
+    ) -> list[str]:
         return [self.tokenizer.decode(ids) for ids in self.decode_ids(enc, prompts, **kwargs)]
 
     def transcribe(

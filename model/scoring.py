@@ -39,5 +39,7 @@ def score(references: Sequence[str], hypotheses: Sequence[str]) -> Score:
     refs = [normalize_text(r) for r in references]
     hyps = [normalize_text(h) for h in hypotheses]
     if not any(refs):
-        raise ValueError(f"score: all {len(refs)} references are empty after normalisation (no words to score)")
+        raise ValueError(
+            f"score: all {len(refs)} references are empty after normalisation (no words to score)"
+        )
     return Score(float(jiwer.wer(refs, hyps)), float(jiwer.cer(refs, hyps)))

@@ -151,7 +151,9 @@ def beam_search(
     return results
 
 
-def max_decode_lengths(ctc_lengths: Tensor, frame_seconds: float, tokens_per_second: float, min_tokens: int) -> list[int]:
+def max_decode_lengths(
+    ctc_lengths: Tensor, frame_seconds: float, tokens_per_second: float, min_tokens: int
+) -> list[int]:
     """A generation budget proportional to the audio, so a confused decoder cannot loop forever."""
     seconds = ctc_lengths.double() * frame_seconds
     return [int(x) + min_tokens for x in torch.ceil(seconds * tokens_per_second).tolist()]

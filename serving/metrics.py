@@ -51,7 +51,16 @@ GAUGES = {
     SLOTS_CAPACITY: "Streaming state slots available in total",
 }
 
-AUDIO_REJECTION_REASONS = ("missing", "dtype", "shape", "empty", "too_short", "too_long", "nan", "out_of_range")
+AUDIO_REJECTION_REASONS = (
+    "missing",
+    "dtype",
+    "shape",
+    "empty",
+    "too_short",
+    "too_long",
+    "nan",
+    "out_of_range",
+)
 """Why `feature_extractor` refuses AUDIO (see `audio_rejection_reason`)."""
 DECODER_REJECTION_REASONS = ("prompt", "invalid_input", "decode_error")
 """Why `decoder` refuses a request: a bad PROMPT, malformed encoder outputs, a failed decode."""
@@ -64,7 +73,9 @@ INTERNAL = "internal"
 """A batch-level failure inside a model (not the client's fault)."""
 
 
-def audio_rejection_reason(audio: np.ndarray | None, *, min_samples: int, sample_rate: int = spec.SAMPLE_RATE) -> str:
+def audio_rejection_reason(
+    audio: np.ndarray | None, *, min_samples: int, sample_rate: int = spec.SAMPLE_RATE
+) -> str:
     """The reason label for AUDIO that `common.validate_audio` refused (checked in the same order).
 
     Derived from the data rather than the error text, so rewording a message cannot silently move
@@ -100,8 +111,12 @@ class Metrics:
             import triton_python_backend_utils as pb_utils  # only inside a python backend stub
         self._pb = pb_utils
         kind = pb_utils.MetricFamily
-        self._families = {name: kind(name=name, description=text, kind=kind.COUNTER) for name, text in COUNTERS.items()}
-        self._families.update({name: kind(name=name, description=text, kind=kind.GAUGE) for name, text in GAUGES.items()})
+        self._families = {
+            name: kind(name=name, description=text, kind=kind.COUNTER) for name, text in COUNTERS.items()
+        }
+        self._families.update(
+            {name: kind(name=name, description=text, kind=kind.GAUGE) for name, text in GAUGES.items()}
+        )
         self._series: dict[tuple[str, tuple[tuple[str, str], ...]], object] = {}
         self._lock = threading.Lock()
 
@@ -114,7 +129,9 @@ class Metrics:
                 self._series[key] = metric
         return metric
 
-    def declare(self, model: str, *, audio: bool = False, tokens: bool = False, reasons=(), slots: bool = False) -> None:
+    def declare(
+        self, model: str, *, audio: bool = False, tokens: bool = False, reasons=(), slots: bool = False
+    ) -> None:
         """Create this model's series at zero, so dashboards and `rate()` see them before any traffic."""
         if audio:
             self._metric(AUDIO_SECONDS, model=model)

@@ -214,7 +214,9 @@ class TritonServer:
         extra_args: list[str] | tuple[str, ...] = (),
     ):
         if model_control_mode not in (None, "none", "poll", "explicit"):
-            raise ValueError(f"model_control_mode must be None, 'poll' or 'explicit', not {model_control_mode!r}")
+            raise ValueError(
+                f"model_control_mode must be None, 'poll' or 'explicit', not {model_control_mode!r}"
+            )
         self.repository = Path(repository).resolve()
         if not self.repository.is_dir():
             raise ServerError(f"model repository {self.repository} does not exist")
@@ -223,7 +225,9 @@ class TritonServer:
         self.model_control_mode = model_control_mode
         self.load_models = tuple(load_models)
         self._own_log = log_path is None
-        self.log_path = Path(log_path) if log_path else Path(tempfile.mkstemp(prefix="tritonserver-", suffix=".log")[1])
+        self.log_path = (
+            Path(log_path) if log_path else Path(tempfile.mkstemp(prefix="tritonserver-", suffix=".log")[1])
+        )
         self.log_verbose = log_verbose
         self.echo = echo
         self.startup_timeout = startup_timeout
@@ -347,10 +351,14 @@ class TritonServer:
     def is_alive(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
 
-    def _http(self, method: str, path: str, body: bytes | None = None, timeout: float = 5.0) -> tuple[int, bytes]:
+    def _http(
+        self, method: str, path: str, body: bytes | None = None, timeout: float = 5.0
+    ) -> tuple[int, bytes]:
         conn = http.client.HTTPConnection(self.host, self.http_port, timeout=timeout)
         try:
-            conn.request(method, path, body=body, headers={"Content-Type": "application/json"} if body else {})
+            conn.request(
+                method, path, body=body, headers={"Content-Type": "application/json"} if body else {}
+            )
             resp = conn.getresponse()
             return resp.status, resp.read()
         finally:

@@ -145,7 +145,9 @@ class SlotPool:
                 f"(idle timeout); start a new one with the START flag"
             )
         if fate == "ended":
-            raise UnknownSequenceError(f"{self.what} {key!r} already ended; start a new one with the START flag")
+            raise UnknownSequenceError(
+                f"{self.what} {key!r} already ended; start a new one with the START flag"
+            )
         raise UnknownSequenceError(
             f"unknown {self.what} {key!r}: its first request must carry the START flag"
         )
@@ -174,7 +176,9 @@ class SlotPool:
         """Free every unleased slot idle longer than the timeout; returns the keys freed."""
         now = self._clock()
         with self._lock:
-            stale = [k for k, e in self._live.items() if e.leases == 0 and now - e.last_used > self.idle_timeout_s]
+            stale = [
+                k for k, e in self._live.items() if e.leases == 0 and now - e.last_used > self.idle_timeout_s
+            ]
             for key in stale:
                 self._free_key(key, "reaped", notify=False)
             self.reaped_total += len(stale)

@@ -153,7 +153,9 @@ class EncoderStreams:
         self.slots[slot] = _EncoderSlot()  # drop the Python-side memory; rows are zeroed at START
 
     @torch.no_grad()
-    def process(self, slots: Sequence[int], chunks: Sequence[np.ndarray], final: Sequence[bool]) -> list[EncoderChunk]:
+    def process(
+        self, slots: Sequence[int], chunks: Sequence[np.ndarray], final: Sequence[bool]
+    ) -> list[EncoderChunk]:
         """One chunk (1-D float32 samples, possibly empty) per slot; slots must be distinct."""
         fc = self.feature_config
         s = self.subsampling
@@ -247,7 +249,9 @@ class EncoderStreams:
                 st.frames = new_frames[i] if st.frames is None else torch.cat([st.frames, new_frames[i]])
                 if final[i] and st.frames.shape[0]:
                     n = st.frames.shape[0]
-                    prefix, lengths = self.model.bridge(st.frames[None], torch.tensor([n], device=self.device))
+                    prefix, lengths = self.model.bridge(
+                        st.frames[None], torch.tensor([n], device=self.device)
+                    )
                     out[i] = prefix[0, : int(lengths[0])]
             return out
         # Concatenating whole strides of every row along time keeps the pairs intact: one call.
@@ -298,8 +302,14 @@ class DecoderPool:
     decode step with the contract of ``decoder.step`` (``OnnxDecodeStep``) used for every generated
     token; prefix and prompt feeds stay in PyTorch (masked scans over several positions at once)."""
 
-    def __init__(self, decoder, capacity: int, device: str | torch.device = "cpu", dtype=torch.float32,
-                 step: Callable[[Tensor, MambaState], Tensor] | None = None):  # fmt: skip
+    def __init__(
+        self,
+        decoder,
+        capacity: int,
+        device: str | torch.device = "cpu",
+        dtype=torch.float32,
+        step: Callable[[Tensor, MambaState], Tensor] | None = None,
+    ):
         self.decoder = decoder
         self.device = torch.device(device)
         self.capacity = capacity
@@ -344,7 +354,9 @@ class DecoderPool:
 
     def feed_tokens(self, slots: Sequence[int], ids: Sequence[Sequence[int]]) -> Tensor | None:
         embed = self.decoder.embed
-        return self.feed(slots, [embed(torch.tensor(list(t), dtype=torch.long, device=self.device)) for t in ids])
+        return self.feed(
+            slots, [embed(torch.tensor(list(t), dtype=torch.long, device=self.device)) for t in ids]
+        )
 
     @torch.no_grad()
     def generate(
@@ -362,18 +374,29 @@ class DecoderPool:
         at end-of-sequence or after its budget, neither included."""
         n = len(slots)
         out: list[list[int]] = [[] for _ in range(n)]
-        budgets = [min(m, s.max_tokens) if s.max_tokens is not None else m for m, s in zip(max_lengths, settings)]
+        budgets = [
+            min(m, s.max_tokens) if s.max_tokens is not None else m for m, s in zip(max_lengths, settings)
+        ]
         generators = [self._generator(s) for s in settings]
         active = list(range(n))
         work: MambaState | None = None  # compiled step: the active rows' states, contiguous (+ pad rows)
         min_rows = getattr(self.step, "min_rows", MIN_ROWS)
         while active:
-            tokens = self._choose(logits, [settings[r] for r in active], [generators[r] for r in active],
-                                  [len(out[r]) for r in active], eos_id)  # fmt: skip
+            tokens = self._choose(
+                logits,
+                [settings[r] for r in active],
+                [generators[r] for r in active],
+                [len(out[r]) for r in active],
+                eos_id,
+            )
             keep = []
             for j, r in enumerate(active):
                 token = tokens[j]
-                if token == eos_id or len(out[r]) >= budgets[r] or (should_stop is not None and should_stop(r)):
+                if (
+                    token == eos_id
+                    or len(out[r]) >= budgets[r]
+                    or (should_stop is not None and should_stop(r))
+                ):
                     continue
                 out[r].append(token)
                 if on_token is not None:
@@ -382,7 +405,11 @@ class DecoderPool:
             if work is not None and len(keep) < len(active):  # finished rows: their states go home
                 kept = set(keep)
                 done = [j for j in range(len(active)) if j not in kept]
-                _scatter(self.state, _index([slots[active[j]] for j in done], self.device), work.select(_index(done, self.device)))
+                _scatter(
+                    self.state,
+                    _index([slots[active[j]] for j in done], self.device),
+                    work.select(_index(done, self.device)),
+                )
                 if keep:
                     work = _gather(work, _index(keep, self.device), max(len(keep), min_rows))
             if not keep:
@@ -391,12 +418,16 @@ class DecoderPool:
             if self.step is None:
                 pads = [PAD_SLOT] * max(0, MIN_ROWS - len(active))  # pad slots: the kernels skip them
                 index = _index([slots[r] for r in active] + pads, self.device)
-                token_t = torch.tensor([out[r][-1] for r in active] + [0] * len(pads), dtype=torch.long, device=self.device)
+                token_t = torch.tensor(
+                    [out[r][-1] for r in active] + [0] * len(pads), dtype=torch.long, device=self.device
+                )
                 x = self.decoder.embed(token_t)
                 logits = self.decoder.head(self.decoder.mamba.step(x, self.state, index))[: len(active)]
                 continue
             if work is None:
-                work = _gather(self.state, _index([slots[r] for r in active], self.device), max(len(active), min_rows))
+                work = _gather(
+                    self.state, _index([slots[r] for r in active], self.device), max(len(active), min_rows)
+                )
             pads = [0] * (work.batch_size - len(active))
             token_t = torch.tensor([out[r][-1] for r in active] + pads, dtype=torch.long, device=self.device)
             logits = self.step(token_t, work)[: len(active)]
@@ -454,11 +485,21 @@ class DecoderPool:
                 c = ctc[i].to(self.device)
                 enc = EncoderOutput(None, None, c[None], torch.tensor([c.shape[0]], device=self.device))
             budget = min(max_lengths[i], s.max_tokens) if s.max_tokens is not None else max_lengths[i]
-            results.extend(beam_search(
-                self.decoder, enc, [[]], [budget], eos_id, blank_id, beam_size=s.beam_size,
-                ctc_weight=s.ctc_weight if enc is not None else 0.0, length_penalty=s.length_penalty,
-                start=(logits[i : i + 1], state), step=self.step,
-            ))  # fmt: skip
+            results.extend(
+                beam_search(
+                    self.decoder,
+                    enc,
+                    [[]],
+                    [budget],
+                    eos_id,
+                    blank_id,
+                    beam_size=s.beam_size,
+                    ctc_weight=s.ctc_weight if enc is not None else 0.0,
+                    length_penalty=s.length_penalty,
+                    start=(logits[i : i + 1], state),
+                    step=self.step,
+                )
+            )
         return results
 
 
@@ -469,4 +510,6 @@ def max_decode_length(frames_total: int, config) -> int:
     f = config.features
     frame_seconds = f.hop_length * config.encoder.subsampling / f.sample_rate
     d = config.decoding
-    return max_decode_lengths(torch.tensor([frames_total]), frame_seconds, d.max_tokens_per_second, d.min_tokens)[0]
+    return max_decode_lengths(
+        torch.tensor([frames_total]), frame_seconds, d.max_tokens_per_second, d.min_tokens
+    )[0]

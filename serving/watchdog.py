@@ -31,8 +31,10 @@ from pathlib import Path
 from mambaserve.serving.stubs import proc_stat, stub_model
 
 NOT_EXPLICIT = "explicit model load / unload is not allowed"
-OPERATOR_ACTION = ("restart tritonserver (or run it with --model-control-mode=explicit --load-model=* so that "
-                   "the watchdog can reload the model)")
+OPERATOR_ACTION = (
+    "restart tritonserver (or run it with --model-control-mode=explicit --load-model=* so that "
+    "the watchdog can reload the model)"
+)
 
 
 @dataclass
@@ -89,10 +91,16 @@ class Watchdog:
         self._thread: threading.Thread | None = None
 
     # -- HTTP ------------------------------------------------------------------------------------
-    def _call(self, method: str, path: str, body: dict | None = None, timeout: float = 10.0) -> tuple[int, str]:
+    def _call(
+        self, method: str, path: str, body: dict | None = None, timeout: float = 10.0
+    ) -> tuple[int, str]:
         data = json.dumps(body).encode() if body is not None else None
-        req = urllib.request.Request(f"http://{self.http_url}{path}", data=data, method=method,
-                                     headers={"Content-Type": "application/json"} if data else {})
+        req = urllib.request.Request(
+            f"http://{self.http_url}{path}",
+            data=data,
+            method=method,
+            headers={"Content-Type": "application/json"} if data else {},
+        )
         try:
             with urllib.request.urlopen(req, timeout=timeout) as resp:
                 return resp.status, resp.read().decode(errors="replace")
@@ -129,7 +137,9 @@ class Watchdog:
     def recover(self, model: str) -> bool:
         """Unload + load `model`, then load what went unavailable with it; False if impossible."""
         before = self.model_states()
-        status, body = self._call("POST", f"/v2/repository/models/{model}/unload", {}, timeout=self.reload_timeout)
+        status, body = self._call(
+            "POST", f"/v2/repository/models/{model}/unload", {}, timeout=self.reload_timeout
+        )
         if status != 200:
             if NOT_EXPLICIT in body:
                 self._event(model, "operator", OPERATOR_ACTION)
@@ -137,7 +147,9 @@ class Watchdog:
                 self._event(model, "reload_failed", f"unload: {body}")
             return False
         self._event(model, "unloaded", "readiness is false until it is loaded again")
-        status, body = self._call("POST", f"/v2/repository/models/{model}/load", {}, timeout=self.reload_timeout)
+        status, body = self._call(
+            "POST", f"/v2/repository/models/{model}/load", {}, timeout=self.reload_timeout
+        )
         if status != 200:
             self._event(model, "reload_failed", f"load: {body}")
             return False
@@ -145,8 +157,12 @@ class Watchdog:
         after = self.model_states()
         for other, state in before.items():
             if state == "READY" and after.get(other) != "READY":
-                status, body = self._call("POST", f"/v2/repository/models/{other}/load", {}, timeout=self.reload_timeout)
-                self._event(other, "loaded" if status == 200 else "reload_failed", "" if status == 200 else body)
+                status, body = self._call(
+                    "POST", f"/v2/repository/models/{other}/load", {}, timeout=self.reload_timeout
+                )
+                self._event(
+                    other, "loaded" if status == 200 else "reload_failed", "" if status == 200 else body
+                )
         return True
 
     def check_once(self) -> list[str]:
@@ -184,18 +200,28 @@ class Watchdog:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m mambaserve.serving.watchdog", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m mambaserve.serving.watchdog", description=__doc__.splitlines()[0]
+    )
     parser.add_argument("--http-url", default="127.0.0.1:8000", help="tritonserver HTTP host:port")
-    parser.add_argument("--server-pid", type=int, default=None, help="default: the one tritonserver process here")
+    parser.add_argument(
+        "--server-pid", type=int, default=None, help="default: the one tritonserver process here"
+    )
     parser.add_argument("--interval", type=float, default=1.0, help="seconds between checks")
-    parser.add_argument("--wait", type=float, default=600.0, help="seconds to wait for the server to be ready")
+    parser.add_argument(
+        "--wait", type=float, default=600.0, help="seconds to wait for the server to be ready"
+    )
     args = parser.parse_args(argv)
     deadline = time.monotonic() + args.wait
     dog = None
     while dog is None:
         try:
-            dog = Watchdog(args.http_url, args.server_pid or find_server_pid(), args.interval,
-                           log=lambda s: print(s, flush=True))
+            dog = Watchdog(
+                args.http_url,
+                args.server_pid or find_server_pid(),
+                args.interval,
+                log=lambda s: print(s, flush=True),
+            )
             status, _ = dog._call("GET", "/v2/health/ready")
             if status != 200:
                 raise RuntimeError("server not ready")

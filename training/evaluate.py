@@ -44,7 +44,9 @@ def transcribe_manifest(
         feats, lengths = recognizer.features(audio)
         enc = recognizer.encode(feats, lengths)
         if method == "ctc_greedy":
-            hyps += [recognizer.tokenizer.decode(ids) for ids in ctc_greedy(enc.ctc_logprobs, enc.ctc_lengths)]
+            hyps += [
+                recognizer.tokenizer.decode(ids) for ids in ctc_greedy(enc.ctc_logprobs, enc.ctc_lengths)
+            ]
         else:
             kwargs = {} if ctc_weight is None else {"ctc_weight": ctc_weight}
             hyps += recognizer.decode(enc, prompts, method=method, **kwargs)
@@ -83,7 +85,9 @@ def evaluate(
         if any(hotwords):
             block["rare_word_error_rate"] = rare_word_error_rate(refs, hyps, hotwords)
             if has_prompts and method != "ctc_greedy":
-                no_prompt, _ = transcribe_manifest(recognizer, items, method, False, batch_size, progress, ctc_weight)
+                no_prompt, _ = transcribe_manifest(
+                    recognizer, items, method, False, batch_size, progress, ctc_weight
+                )
                 block["rare_word_error_rate_without_prompt"] = rare_word_error_rate(refs, no_prompt, hotwords)
                 block["without_prompt"] = score(refs, no_prompt)._asdict()
         result[method] = block
@@ -94,21 +98,34 @@ def evaluate(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--checkpoint", required=True)
     parser.add_argument("--manifest", required=True)
     parser.add_argument("--method", choices=["greedy", "beam", "ctc_greedy", "all"], default="all")
     parser.add_argument("--limit", type=int)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--threads", type=int, default=0)
-    parser.add_argument("--ctc-weight", type=float, help="joint CTC weight for beam search (default: checkpoint's)")
+    parser.add_argument(
+        "--ctc-weight", type=float, help="joint CTC weight for beam search (default: checkpoint's)"
+    )
     args = parser.parse_args(argv)
     methods = ("greedy", "beam", "ctc_greedy") if args.method == "all" else (args.method,)
-    result = evaluate(args.checkpoint, args.manifest, methods, args.limit, args.batch_size, args.threads,
-                      ctc_weight=args.ctc_weight)  # fmt: skip
+    result = evaluate(
+        args.checkpoint,
+        args.manifest,
+        methods,
+        args.limit,
+        args.batch_size,
+        args.threads,
+        ctc_weight=args.ctc_weight,
+    )
     for method in methods:
         block = result[method]
-        print(f"{method:>11}: WER {100 * block['wer']:.2f}%  CER {100 * block['cer']:.2f}%  RTFx {block['rtfx']:.1f}")
+        print(
+            f"{method:>11}: WER {100 * block['wer']:.2f}%  CER {100 * block['cer']:.2f}%  RTFx {block['rtfx']:.1f}"
+        )
     print(json.dumps(result))
     return 0
 

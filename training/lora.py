@@ -40,7 +40,10 @@ def add_adapters(model: SpeechMamba, settings: LoraSettings) -> SpeechMamba:
     from peft import LoraConfig, get_peft_model
 
     config = LoraConfig(
-        r=settings.rank, lora_alpha=settings.alpha, lora_dropout=settings.dropout, target_modules=settings.targets
+        r=settings.rank,
+        lora_alpha=settings.alpha,
+        lora_dropout=settings.dropout,
+        target_modules=settings.targets,
     )
     model.requires_grad_(False)
     model.decoder = get_peft_model(model.decoder, config)
@@ -88,12 +91,20 @@ def finetune(
     if voice_filter:
         items = [it for it in items if voice_filter in str(it.get("voice", ""))]
     if not items:
-        raise ValueError(f"{train_manifest}: no items{f' with voice {voice_filter!r}' if voice_filter else ''}")
+        raise ValueError(
+            f"{train_manifest}: no items{f' with voice {voice_filter!r}' if voice_filter else ''}"
+        )
     dataset = ManifestDataset(items)
     torch.manual_seed(seed)
     model = add_adapters(ckpt.model, settings)
-    config = TrainConfig(max_batch_seconds=max_batch_seconds, max_steps=steps, lr=lr, warmup_steps=min(50, steps // 5),
-                         seed=seed, weight_decay=0.0)  # fmt: skip
+    config = TrainConfig(
+        max_batch_seconds=max_batch_seconds,
+        max_steps=steps,
+        lr=lr,
+        warmup_steps=min(50, steps // 5),
+        seed=seed,
+        weight_decay=0.0,
+    )
     optimizer = make_optimizer(model, config)
     schedule = WarmupCosine(optimizer, config)
     batches = iter(BatchStream(dataset, config, Dist()))
@@ -118,17 +129,28 @@ def finetune(
     bar.close()
     adapter_dir = out / ADAPTER_DIR
     model.decoder.save_pretrained(str(adapter_dir))
-    (out / "lora.json").write_text(json.dumps({
-        "base_checkpoint": str(checkpoint), "settings": dataclasses.asdict(settings), "steps": steps,
-        "items": len(items), "seconds": round(time.perf_counter() - t0, 1),
-    }, indent=2) + "\n")  # fmt: skip
+    (out / "lora.json").write_text(
+        json.dumps(
+            {
+                "base_checkpoint": str(checkpoint),
+                "settings": dataclasses.asdict(settings),
+                "steps": steps,
+                "items": len(items),
+                "seconds": round(time.perf_counter() - t0, 1),
+            },
+            indent=2,
+        )
+        + "\n"
+    )
     merged = merge_adapters(model).eval()
     merged_dir = save_checkpoint(out / MERGED_DIR, merged, ckpt.tokenizer, ckpt.config)
     return adapter_dir, merged_dir
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--checkpoint", required=True)
     parser.add_argument("--train", required=True, help="training manifest")
     parser.add_argument("--out", required=True)
@@ -138,8 +160,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--alpha", type=int, default=16)
     parser.add_argument("--filter-voice", help="only items whose 'voice' field contains this (e.g. piper)")
     args = parser.parse_args(argv)
-    adapter, merged = finetune(args.checkpoint, args.train, args.out, args.steps, args.lr,
-                               LoraSettings(rank=args.rank, alpha=args.alpha), voice_filter=args.filter_voice)  # fmt: skip
+    adapter, merged = finetune(
+        args.checkpoint,
+        args.train,
+        args.out,
+        args.steps,
+        args.lr,
+        LoraSettings(rank=args.rank, alpha=args.alpha),
+        voice_filter=args.filter_voice,
+    )
     print(f"adapters: {adapter}\nmerged checkpoint: {merged}")
     return 0
 

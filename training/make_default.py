@@ -102,10 +102,14 @@ def write_model_card(out: Path, report: dict[str, Any]) -> Path:
                 rare = _pct(b["rare_word_error_rate"])
                 if "rare_word_error_rate_without_prompt" in b:
                     rare += f" / {_pct(b['rare_word_error_rate_without_prompt'])}"
-            lines.append(f"| {name} ({res['n']}) | mambaserve {method} | {_pct(b['wer'])} | {_pct(b['cer'])} | {rare} |")
+            lines.append(
+                f"| {name} ({res['n']}) | mambaserve {method} | {_pct(b['wer'])} | {_pct(b['cer'])} | {rare} |"
+            )
         if name in report["pocketsphinx"]:
             p = report["pocketsphinx"][name]
-            lines.append(f"| {name} ({p['n']}) | pocketsphinx en-us | {_pct(p['wer'])} | {_pct(p['cer'])} | |")
+            lines.append(
+                f"| {name} ({p['n']}) | pocketsphinx en-us | {_pct(p['wer'])} | {_pct(p['cer'])} | |"
+            )
     lines += [
         "",
         "Targets of the project (benchmarks, not tests): espeak CER ≤ 5 % and WER ≤ 15 %; piper CER ≤ 10 %.",
@@ -137,15 +141,22 @@ def _reevaluate(out: Path, corpus: Path) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--out", default="checkpoints/default")
     parser.add_argument("--corpus", default="data/corpus")
     parser.add_argument("--run", default="runs/default")
     parser.add_argument("--config", default=str(CONFIG))
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="training config override")
+    parser.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="training config override"
+    )
     parser.add_argument("--resume", action="store_true", help="continue the run's newest training checkpoint")
-    parser.add_argument("--evaluate-only", action="store_true",
-                        help="re-run the evaluation of --out (e.g. after editing its decoding block) and rewrite its card")
+    parser.add_argument(
+        "--evaluate-only",
+        action="store_true",
+        help="re-run the evaluation of --out (e.g. after editing its decoding block) and rewrite its card",
+    )
     parser.add_argument("--baseline-limit", type=int, default=None, help="items per set for pocketsphinx")
     args = parser.parse_args(argv)
 
@@ -172,8 +183,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         timings["data synthesis"] = time.perf_counter() - t0
 
     t0 = _stage("training")
-    overrides = [f"train_manifest={corpus / 'train.jsonl'}", f"dev_manifest={corpus / 'dev.jsonl'}",
-                 f"out_dir={run}", *args.set]  # fmt: skip
+    overrides = [
+        f"train_manifest={corpus / 'train.jsonl'}",
+        f"dev_manifest={corpus / 'dev.jsonl'}",
+        f"out_dir={run}",
+        *args.set,
+    ]
     trainer = Trainer(load_config(args.config, overrides), resume=args.resume)
     final = trainer.fit()
     timings["training"] = trainer.schedule.elapsed  # counts earlier sessions of a resumed run too
@@ -196,7 +211,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     report = {
         "date": time.strftime("%Y-%m-%d"),
         "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}",
-        "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip(),
+        "commit": subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True
+        ).stdout.strip(),
         "timings": timings,
         "data": {"splits": data["splits"]},
         "parameters": {

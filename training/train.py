@@ -213,7 +213,10 @@ def make_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.A
             no_decay.append(p)
         else:
             decay.append(p)
-    groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    groups = [
+        {"params": decay, "weight_decay": config.weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
     return torch.optim.AdamW(groups, lr=config.lr, betas=config.betas)
 
 
@@ -353,7 +356,11 @@ class Trainer:
 
     # -- state ---------------------------------------------------------------------------------------
     def _rng_state(self) -> dict[str, Any]:
-        state = {"torch": torch.get_rng_state(), "python": self.rng.getstate(), "numpy": np.random.get_state()}
+        state = {
+            "torch": torch.get_rng_state(),
+            "python": self.rng.getstate(),
+            "numpy": np.random.get_state(),
+        }
         if torch.cuda.is_available():
             state["cuda"] = torch.cuda.get_rng_state_all()
         return state
@@ -384,13 +391,23 @@ class Trainer:
         self.stream.load_state_dict(state["stream"])
         ranks = state.get("rng")
         if ranks is None:  # written before per-rank states: rank 0's, for every rank
-            ranks = [{"torch": state["torch_rng"], "python": state["python_rng"], "numpy": state["numpy_rng"],
-                      "cuda": state.get("cuda_rng")}]  # fmt: skip
+            ranks = [
+                {
+                    "torch": state["torch_rng"],
+                    "python": state["python_rng"],
+                    "numpy": state["numpy_rng"],
+                    "cuda": state.get("cuda_rng"),
+                }
+            ]
         if len(ranks) == self.dist.world:
             self._set_rng_state(ranks[self.dist.rank])
         else:
-            log.warning("%s holds random states of %d ranks, this run has %d: fresh per-rank seeds",
-                        path, len(ranks), self.dist.world)  # fmt: skip
+            log.warning(
+                "%s holds random states of %d ranks, this run has %d: fresh per-rank seeds",
+                path,
+                len(ranks),
+                self.dist.world,
+            )
         log.info("resumed from %s at step %d", path, self.schedule.step_count)
 
     def save(self) -> Path:
@@ -400,9 +417,12 @@ class Trainer:
         rng_states = self.dist.gather(self._rng_state())  # every rank takes part; rank 0 writes
         if self.dist.main:
             save_checkpoint(
-                path, self.model, self.tokenizer, self.model_config,
+                path,
+                self.model,
+                self.tokenizer,
+                self.model_config,
                 extra_files={TRAINING_STATE: self._training_state(rng_states)},
-            )  # fmt: skip
+            )
             kept = sorted((self.out / "checkpoints").glob("step_*"))
             for old in kept[: -self.config.keep_last]:
                 shutil.rmtree(old, ignore_errors=True)
@@ -420,21 +440,31 @@ class Trainer:
 
     def _features(self, batch: dict[str, Any], augment: bool) -> tuple[Tensor, Tensor]:
         with torch.no_grad():
-            feats, feat_lengths = self.model.features(batch["audio"].to(self.device), batch["audio_lengths"].to(self.device))
+            feats, feat_lengths = self.model.features(
+                batch["audio"].to(self.device), batch["audio_lengths"].to(self.device)
+            )
             if augment:
                 feats = spec_augment(feats, feat_lengths, self.config.spec_augment)
         return feats, feat_lengths
 
     def _targets(self, batch: dict[str, Any], train: bool) -> tuple[list[list[int]], list[list[int]]]:
         targets = [self.tokenizer.encode(t) for t in batch["texts"]]
-        prompts = self._prompts(batch) if train else [self.tokenizer.encode(p) if p else [] for p in batch["prompts"]]
+        prompts = (
+            self._prompts(batch)
+            if train
+            else [self.tokenizer.encode(p) if p else [] for p in batch["prompts"]]
+        )
         return targets, prompts
 
     def loss_on(self, batch: dict[str, Any]) -> dict[str, Tensor]:
         use_bf16 = self.device.type == "cuda"
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=use_bf16):
-            return self.ddp_model(*self._features(batch, augment=True), *self._targets(batch, train=True),
-                                  self.config.ctc_weight, self.config.label_smoothing)  # fmt: skip
+            return self.ddp_model(
+                *self._features(batch, augment=True),
+                *self._targets(batch, train=True),
+                self.config.ctc_weight,
+                self.config.label_smoothing,
+            )
 
     def train_step(self, batch: dict[str, Any]) -> dict[str, float]:
         self.model.train()
@@ -462,10 +492,23 @@ class Trainer:
         ce_total, ce_tokens = 0.0, 0
         for start in range(0, len(self.dev_items), 16):
             items = self.dev_items[start : start + 16]
-            batch = collate_audio([{"id": it["id"], "audio": torch.from_numpy(load_audio(it["audio"])),
-                                    "text": it["text"], "prompt": it.get("prompt") or ""} for it in items])  # fmt: skip
-            losses = self.model.compute_loss(*self._features(batch, augment=False), *self._targets(batch, False),
-                                             ctc_weight=0.0, label_smoothing=0.0)  # fmt: skip
+            batch = collate_audio(
+                [
+                    {
+                        "id": it["id"],
+                        "audio": torch.from_numpy(load_audio(it["audio"])),
+                        "text": it["text"],
+                        "prompt": it.get("prompt") or "",
+                    }
+                    for it in items
+                ]
+            )
+            losses = self.model.compute_loss(
+                *self._features(batch, augment=False),
+                *self._targets(batch, False),
+                ctc_weight=0.0,
+                label_smoothing=0.0,
+            )
             n_tokens = sum(len(self.tokenizer.encode(t)) + 1 for t in batch["texts"])
             ce_total += float(losses["ce"]) * n_tokens
             ce_tokens += n_tokens
@@ -476,14 +519,24 @@ class Trainer:
             refs += [it["text"] for it in items]
         self.model.train()
         ctc = score(refs, ctc_hyps)
-        return {**score(refs, hyps)._asdict(), "ctc_wer": ctc.wer, "ctc_cer": ctc.cer,
-                "decoder_ce": ce_total / max(ce_tokens, 1)}  # fmt: skip
+        return {
+            **score(refs, hyps)._asdict(),
+            "ctc_wer": ctc.wer,
+            "ctc_cer": ctc.cer,
+            "decoder_ce": ce_total / max(ce_tokens, 1),
+        }
 
     # -- the loop ----------------------------------------------------------------------------------
     def fit(self) -> Path:
         c = self.config
-        bar = tqdm(total=c.max_steps, initial=self.schedule.step_count, desc="train", unit="step",
-                   disable=not (c.progress and self.dist.main), dynamic_ncols=True)  # fmt: skip
+        bar = tqdm(
+            total=c.max_steps,
+            initial=self.schedule.step_count,
+            desc="train",
+            unit="step",
+            disable=not (c.progress and self.dist.main),
+            dynamic_ncols=True,
+        )
         batches = iter(self.stream)
         running: dict[str, float] = {}
         last_save = self.schedule.step_count
@@ -535,13 +588,19 @@ class Trainer:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--config", help="YAML training config (see training/configs/)")
     parser.add_argument("--train", help="training manifest (overrides the config)")
     parser.add_argument("--dev", help="dev manifest (overrides the config)")
     parser.add_argument("--out", help="run directory (overrides the config)")
-    parser.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in the run")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
+    parser.add_argument(
+        "--resume", action="store_true", help="continue from the newest checkpoint in the run"
+    )
+    parser.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     overrides = list(args.set)

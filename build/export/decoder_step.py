@@ -54,11 +54,15 @@ def export_decoder_step(module: nn.Module, path: str | Path) -> Path:
     tokens = torch.randint(0, decoder.embed.num_embeddings, (TRACE_BATCH,), generator=g)
     conv, ssm = _state(decoder, TRACE_BATCH, g)
     batch = torch.export.Dim("batch")
-    return dynamo_export(module, (tokens, conv, ssm), path,
-                         input_names=[t.name for t in spec.DECODER_STEP_INPUTS],
-                         output_names=[t.name for t in spec.DECODER_STEP_OUTPUTS],
-                         dynamic_shapes={"tokens": {0: batch}, "conv_state": {1: batch}, "ssm_state": {1: batch}},
-                         what="the decoder step")  # fmt: skip
+    return dynamo_export(
+        module,
+        (tokens, conv, ssm),
+        path,
+        input_names=[t.name for t in spec.DECODER_STEP_INPUTS],
+        output_names=[t.name for t in spec.DECODER_STEP_OUTPUTS],
+        dynamic_shapes={"tokens": {0: batch}, "conv_state": {1: batch}, "ssm_state": {1: batch}},
+        what="the decoder step",
+    )
 
 
 @dataclass(frozen=True)
@@ -117,8 +121,10 @@ def check_step_parity(
         expected = [expected_logits.numpy(), expected_state.conv.numpy(), expected_state.ssm.numpy()]
         for name, a, inp, b in zip(names[1:], actual[1:], (conv.numpy(), ssm.numpy()), expected[1:]):
             if np.array_equal(a, inp) and not np.array_equal(b, inp):
-                raise ParityError(f"decoder step parity failed at batch={batch}: {name} is the input state unchanged; "
-                                  "the exported graph does not return the updated state")  # fmt: skip
+                raise ParityError(
+                    f"decoder step parity failed at batch={batch}: {name} is the input state unchanged; "
+                    "the exported graph does not return the updated state"
+                )
         errors = {name: relative_error(a, b) for name, a, b in zip(names, actual, expected)}
         result = StepParity(batch, errors)
         results.append(result)
@@ -127,7 +133,9 @@ def check_step_parity(
         bad = {k: v for k, v in errors.items() if not v <= rtol}
         if bad:
             detail = ", ".join(f"{k}: {v:.3g}" for k, v in bad.items())
-            raise ParityError(f"decoder step parity failed at batch={batch}: relative error above {rtol:g} in {detail}")
+            raise ParityError(
+                f"decoder step parity failed at batch={batch}: relative error above {rtol:g} in {detail}"
+            )
     return results
 
 
@@ -151,7 +159,10 @@ def check_rollout_parity(
     g = torch.Generator().manual_seed(seed)
     lengths = torch.randint(3, 12, (batch,), generator=g)
     prefix = torch.randn(batch, int(lengths.max()), d, generator=g)
-    prompts = [torch.randint(4, vocab, (int(n),), generator=g).tolist() for n in torch.randint(0, 5, (batch,), generator=g)]
+    prompts = [
+        torch.randint(4, vocab, (int(n),), generator=g).tolist()
+        for n in torch.randint(0, 5, (batch,), generator=g)
+    ]
     with torch.inference_mode():
         start_logits, start = decoder.prefill(prefix, lengths, prompts)
     logged: dict[str, list[Tensor]] = {"torch": [], "onnx": []}
@@ -166,10 +177,24 @@ def check_rollout_parity(
 
     budget = [steps] * batch
     with torch.inference_mode():  # eos_id -1: never stop early, every row runs `steps` tokens
-        ref = greedy_search(decoder, None, prompts, budget, -1, start=(start_logits, start.clone()),
-                            step=logging("torch", decoder.step))
-        got = greedy_search(decoder, None, prompts, budget, -1, start=(start_logits, start.clone()),
-                            step=logging("onnx", step))  # fmt: skip
+        ref = greedy_search(
+            decoder,
+            None,
+            prompts,
+            budget,
+            -1,
+            start=(start_logits, start.clone()),
+            step=logging("torch", decoder.step),
+        )
+        got = greedy_search(
+            decoder,
+            None,
+            prompts,
+            budget,
+            -1,
+            start=(start_logits, start.clone()),
+            step=logging("onnx", step),
+        )
     # Row r's logits after step k come from the same tokens while k < the row's first divergence.
     parted = [next((k for k, (x, y) in enumerate(zip(r, o)) if x != y), None) for r, o in zip(ref, got)]
     worst = 0.0
@@ -178,7 +203,9 @@ def check_rollout_parity(
         if rows:
             worst = max(worst, relative_error(a[rows].numpy(), b[rows].numpy()))
         if not worst <= rtol:
-            raise ParityError(f"decoder step rollout parity failed: logits at step {k + 1} differ by {worst:.3g} (limit {rtol:g})")
+            raise ParityError(
+                f"decoder step rollout parity failed: logits at step {k + 1} differ by {worst:.3g} (limit {rtol:g})"
+            )
     ties = 0
     for row, k in enumerate(parted):
         if k is None:

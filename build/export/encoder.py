@@ -41,19 +41,29 @@ def example(batch: int, frames: int, n_mels: int, seed: int = 0) -> tuple[Tensor
     return features, lengths
 
 
-def export_onnx(module: nn.Module, path: str | Path, *, n_mels: int, trace_shape: tuple[int, int] = TRACE_SHAPE) -> Path:
+def export_onnx(
+    module: nn.Module, path: str | Path, *, n_mels: int, trace_shape: tuple[int, int] = TRACE_SHAPE
+) -> Path:
     """Dynamo export (opset 18) with dynamic batch and frames; one self-contained .onnx file."""
     path = Path(path)
     module = module.eval()
     args = example(*trace_shape, n_mels)
     batch = torch.export.Dim("batch", min=1, max=spec.MAX_BATCH_SIZE)
     frames = torch.export.Dim.DYNAMIC
-    return dynamo_export(module, args, path, input_names=list(INPUT_NAMES), output_names=list(OUTPUT_NAMES),
-                         dynamic_shapes={"features": {0: batch, 1: frames}, "feature_lengths": {0: batch}},
-                         what="the encoder")  # fmt: skip
+    return dynamo_export(
+        module,
+        args,
+        path,
+        input_names=list(INPUT_NAMES),
+        output_names=list(OUTPUT_NAMES),
+        dynamic_shapes={"features": {0: batch, 1: frames}, "feature_lengths": {0: batch}},
+        what="the encoder",
+    )
 
 
-def export_onnx_frozen(module: nn.Module, path: str | Path, *, n_mels: int, trace_shape: tuple[int, int] = TRACE_SHAPE) -> Path:
+def export_onnx_frozen(
+    module: nn.Module, path: str | Path, *, n_mels: int, trace_shape: tuple[int, int] = TRACE_SHAPE
+) -> Path:
     """The legacy TorchScript exporter, with dynamic axes declared: it still freezes loop lengths.
 
     Not used by the build; kept so that the parity check's value can be demonstrated (tests).
@@ -87,7 +97,9 @@ class ParityResult:
         return max(self.errors.values())
 
 
-def run_onnx(path: str | Path, features: np.ndarray, lengths: np.ndarray, threads: int = 0) -> list[np.ndarray]:
+def run_onnx(
+    path: str | Path, features: np.ndarray, lengths: np.ndarray, threads: int = 0
+) -> list[np.ndarray]:
     import onnxruntime as ort
 
     options = ort.SessionOptions()

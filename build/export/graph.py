@@ -11,8 +11,16 @@ from mambaserve.build.errors import BuildError
 from torch import nn
 
 
-def dynamo_export(module: nn.Module, args: tuple, path: Path, *, input_names: list[str], output_names: list[str],
-                  dynamic_shapes: dict, what: str) -> Path:  # fmt: skip
+def dynamo_export(
+    module: nn.Module,
+    args: tuple,
+    path: Path,
+    *,
+    input_names: list[str],
+    output_names: list[str],
+    dynamic_shapes: dict,
+    what: str,
+) -> Path:
     """The build's one ONNX export recipe: dynamo, opset 18, one self-contained file, checked by onnx.
 
     Any exporter failure becomes a BuildError naming ``what`` was exported.

@@ -106,7 +106,9 @@ class DecoderStepForExport(nn.Module):
     def __init__(self, decoder: TranscriptDecoder) -> None:
         super().__init__()
         if not isinstance(decoder, TranscriptDecoder):
-            raise TypeError(f"DecoderStepForExport takes a TranscriptDecoder (model.decoder), got {type(decoder).__name__}")
+            raise TypeError(
+                f"DecoderStepForExport takes a TranscriptDecoder (model.decoder), got {type(decoder).__name__}"
+            )
         # A frozen copy in eval mode: exporting must not switch the caller's model out of training.
         self.decoder = copy.deepcopy(decoder).eval().requires_grad_(False)
 

@@ -95,8 +95,14 @@ class TritonUser(User):
     def pick(self) -> Clip:
         return self._rng.choice(SETTINGS.clips)
 
-    def fire(self, name: str, response_time_ms: float, exception: BaseException | None = None, length: int = 0,
-             **context) -> None:  # fmt: skip
+    def fire(
+        self,
+        name: str,
+        response_time_ms: float,
+        exception: BaseException | None = None,
+        length: int = 0,
+        **context,
+    ) -> None:
         """Report one request to locust: ``context`` carries ``audio_seconds`` (RTFx) and what else helps."""
         self.environment.events.request.fire(
             request_type=self.request_type,
@@ -107,8 +113,9 @@ class TritonUser(User):
             context=context,
         )
 
-    def fire_since(self, name: str, started: float, exception: BaseException | None = None, length: int = 0,
-                   **context) -> None:  # fmt: skip
+    def fire_since(
+        self, name: str, started: float, exception: BaseException | None = None, length: int = 0, **context
+    ) -> None:
         """:meth:`fire` for a request that began at ``started`` (``time.perf_counter()``)."""
         self.fire(name, (time.perf_counter() - started) * 1000.0, exception, length, **context)
 

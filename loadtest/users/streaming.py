@@ -27,10 +27,16 @@ PROMPTS = ("", "Glossary: Mamba, Triton, state space.", "Transcribe numbers as d
 def _add_arguments(parser) -> None:
     group = parser.add_argument_group("mambaserve streaming")
     group.add_argument("--chunk-ms", type=float, default=320.0, help="asr_streaming chunk length in ms")
-    group.add_argument("--stream-speed", type=float, default=1.0,
-                       help="asr_streaming pacing: 1 = real time, N = N x faster, 0 = as fast as answers come")
+    group.add_argument(
+        "--stream-speed",
+        type=float,
+        default=1.0,
+        help="asr_streaming pacing: 1 = real time, N = N x faster, 0 = as fast as answers come",
+    )
     group.add_argument("--session-prompts", type=int, default=3, help="generations per decoder session")
-    group.add_argument("--session-max-tokens", type=int, default=0, help="MAX_TOKENS per generation (0: server default)")
+    group.add_argument(
+        "--session-max-tokens", type=int, default=0, help="MAX_TOKENS per generation (0: server default)"
+    )
 
 
 def _option(user, name: str, default):
@@ -96,8 +102,16 @@ class GrpcSessionUser(TritonUser):
                 except Exception as e:
                     self.fire_since(self.request_name, started, e, clip=clip.id)
                     continue
-                self.fire_since(self.request_name, started, None, len(g.text), clip=clip.id, tokens=len(g.token_ids),
-                          ms_per_token=(g.per_token_s or 0.0) * 1000, history=g.history_length)  # fmt: skip
+                self.fire_since(
+                    self.request_name,
+                    started,
+                    None,
+                    len(g.text),
+                    clip=clip.id,
+                    tokens=len(g.token_ids),
+                    ms_per_token=(g.per_token_s or 0.0) * 1000,
+                    history=g.history_length,
+                )
         finally:
             started = time.perf_counter()
             try:
@@ -105,4 +119,3 @@ class GrpcSessionUser(TritonUser):
                 self.fire_since("decoder_session close", started, None)
             except Exception as e:
                 self.fire_since("decoder_session close", started, e)
-

@@ -105,7 +105,9 @@ def load_recognizer(args: dict, log: Callable[[str], None] | None = None):
     configure_torch_threads(args)
     device = torch_device(args)
     step = decode_step_path(args, device)  # CPU: the compiled decode step; GPU: PyTorch + the kernels
-    recognizer = Recognizer(checkpoint_dir(args), device=device, decode_step=step, step_threads=step_threads(args))
+    recognizer = Recognizer(
+        checkpoint_dir(args), device=device, decode_step=step, step_threads=step_threads(args)
+    )
     if log is not None:
         log(f"{args['model_name']}: decode steps with {step or 'PyTorch'} on {device}")
     return recognizer
@@ -120,7 +122,9 @@ def validate_audio(audio: np.ndarray, *, min_samples: int, sample_rate: int = sp
         raise ValueError(f"input '{name}' must have shape [batch, samples], got {list(audio.shape)}")
     samples = audio.shape[1]
     if samples == 0:
-        raise ValueError(f"input '{name}' is empty: send at least {min_samples} samples ({min_samples / sample_rate * 1000:.0f} ms at {sample_rate} Hz)")
+        raise ValueError(
+            f"input '{name}' is empty: send at least {min_samples} samples ({min_samples / sample_rate * 1000:.0f} ms at {sample_rate} Hz)"
+        )
     if samples < min_samples:
         raise ValueError(
             f"input '{name}' has {samples} samples, shorter than one analysis window: send at least "
@@ -163,7 +167,9 @@ def decode_prompts(raw: np.ndarray | None, batch: int) -> list[str | None]:
         try:
             text = data.decode("utf-8")
         except UnicodeDecodeError as e:
-            raise ValueError(f"input '{name}' (row {i}) is not valid UTF-8: {e.reason} at byte {e.start}") from None
+            raise ValueError(
+                f"input '{name}' (row {i}) is not valid UTF-8: {e.reason} at byte {e.start}"
+            ) from None
         prompts.append(text if text else None)
     return prompts
 
@@ -185,7 +191,9 @@ def pad_stack(arrays: list[np.ndarray], axis_len: int | None = None) -> np.ndarr
     return out
 
 
-def validate_chunk(audio: np.ndarray | None, *, max_samples: int, sample_rate: int = spec.SAMPLE_RATE) -> np.ndarray:
+def validate_chunk(
+    audio: np.ndarray | None, *, max_samples: int, sample_rate: int = spec.SAMPLE_RATE
+) -> np.ndarray:
     """AUDIO of one streaming request -> 1-D float32 samples; an empty chunk is allowed (e.g. at END)."""
     name = spec.AUDIO.name
     if audio is None:
@@ -241,18 +249,24 @@ def parse_sampling(values: dict, defaults, *, vocab_size: int):
     method = _scalar(values, spec.DECODING_METHOD.name)
     method = str(method).strip().lower() if method is not None else defaults.method
     if method not in METHODS:
-        raise ValueError(f"input '{spec.DECODING_METHOD.name}' must be one of {', '.join(METHODS)}, got {method!r}")
+        raise ValueError(
+            f"input '{spec.DECODING_METHOD.name}' must be one of {', '.join(METHODS)}, got {method!r}"
+        )
     kwargs: dict = {"method": method}
     max_tokens = _scalar(values, spec.MAX_TOKENS.name)
     if max_tokens is not None:
         if not 0 <= int(max_tokens) <= MAX_NEW_TOKENS:
-            raise ValueError(f"input '{spec.MAX_TOKENS.name}' must be in [0, {MAX_NEW_TOKENS}], got {int(max_tokens)}")
+            raise ValueError(
+                f"input '{spec.MAX_TOKENS.name}' must be in [0, {MAX_NEW_TOKENS}], got {int(max_tokens)}"
+            )
         kwargs["max_tokens"] = int(max_tokens)
     min_tokens = _scalar(values, spec.MIN_TOKENS.name)
     if min_tokens is not None:
         limit = kwargs.get("max_tokens", MAX_NEW_TOKENS)
         if not 0 <= int(min_tokens) <= limit:
-            raise ValueError(f"input '{spec.MIN_TOKENS.name}' must be in [0, {limit}] (MAX_TOKENS), got {int(min_tokens)}")
+            raise ValueError(
+                f"input '{spec.MIN_TOKENS.name}' must be in [0, {limit}] (MAX_TOKENS), got {int(min_tokens)}"
+            )
         kwargs["min_tokens"] = int(min_tokens)
     temperature = _scalar(values, spec.TEMPERATURE.name)
     if temperature is not None:
@@ -263,7 +277,9 @@ def parse_sampling(values: dict, defaults, *, vocab_size: int):
     top_k = _scalar(values, spec.TOP_K.name)
     if top_k is not None:
         if not 0 <= int(top_k) <= vocab_size:
-            raise ValueError(f"input '{spec.TOP_K.name}' must be in [0, {vocab_size}] (0 = no limit), got {int(top_k)}")
+            raise ValueError(
+                f"input '{spec.TOP_K.name}' must be in [0, {vocab_size}] (0 = no limit), got {int(top_k)}"
+            )
         kwargs["top_k"] = int(top_k)
     seed = _scalar(values, spec.SEED.name)
     if seed is not None:
@@ -273,6 +289,8 @@ def parse_sampling(values: dict, defaults, *, vocab_size: int):
     beam = _scalar(values, spec.BEAM_SIZE.name)
     if beam is not None:
         if not 1 <= int(beam) <= MAX_BEAM_SIZE:
-            raise ValueError(f"input '{spec.BEAM_SIZE.name}' must be in [1, {MAX_BEAM_SIZE}], got {int(beam)}")
+            raise ValueError(
+                f"input '{spec.BEAM_SIZE.name}' must be in [1, {MAX_BEAM_SIZE}], got {int(beam)}"
+            )
         kwargs["beam_size"] = int(beam)
     return replace(defaults, **kwargs)

@@ -96,7 +96,9 @@ class TritonPythonModel:
                 index.append(i)
             except ValueError as e:
                 responses[i] = pb_utils.InferenceResponse(error=pb_utils.TritonError(str(e)))
-                self.metrics.rejected(self.name, "prompt" if f"'{spec.PROMPT.name}'" in str(e) else "invalid_input")
+                self.metrics.rejected(
+                    self.name, "prompt" if f"'{spec.PROMPT.name}'" in str(e) else "invalid_input"
+                )
         if not items:
             return responses
         try:

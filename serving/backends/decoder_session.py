@@ -98,7 +98,9 @@ class TritonPythonModel:
         capacity = self.states.capacity
         model = self.recognizer.model
         self.encoder = EncoderStreams(model, batch, self.device)  # transient: a session's audio, once
-        self.work = DecoderPool(model.decoder, batch, self.device, step=self.recognizer.compiled_step)  # a row per request
+        self.work = DecoderPool(
+            model.decoder, batch, self.device, step=self.recognizer.compiled_step
+        )  # a row per request
         # What a session keeps: the decoder state after its history (audio, then CONTEXT), its length,
         # the audio's encoder frames (the default budget) and -- only when the checkpoint's ctc_weight > 0,
         # for beam search's CTC prefix scores as offline `asr` uses them -- the audio's CTC log-probs
@@ -133,7 +135,9 @@ class TritonPythonModel:
             return self.recognizer.validate_prompt(text)
         except ValueError as e:
             message = str(e).replace(f"'{spec.PROMPT.name}'", f"'{tensor.name}'")
-            raise ValueError(message if f"'{tensor.name}'" in message else f"input '{tensor.name}': {message}") from None
+            raise ValueError(
+                message if f"'{tensor.name}'" in message else f"input '{tensor.name}': {message}"
+            ) from None
 
     def _parse(self, request, item: _Item) -> None:
         seq = item.seq = self.states.sequence(request)
@@ -146,7 +150,9 @@ class TritonPythonModel:
                 )
             item.audio = validate_audio(audio.as_numpy(), min_samples=self.min_samples)
             if item.audio.shape[0] != 1:
-                raise ValueError(f"input '{spec.AUDIO.name}' must have shape [1, samples] (one session per request)")
+                raise ValueError(
+                    f"input '{spec.AUDIO.name}' must have shape [1, samples] (one session per request)"
+                )
         elif seq.start:
             raise ValueError(f"the first request of a session (START) must carry '{spec.AUDIO.name}'")
         item.prompt = self._text_input(request, spec.PROMPT)
@@ -179,13 +185,18 @@ class TritonPythonModel:
         def s(value: str) -> np.ndarray:
             return np.array([[value.encode("utf-8")]], dtype=object)
 
-        response = pb_utils.InferenceResponse(output_tensors=[
-            pb_utils.Tensor(spec.TOKEN.name, s(piece)),
-            pb_utils.Tensor(spec.TOKEN_ID.name, np.array([[token]], dtype=np.int32)),
-            pb_utils.Tensor(spec.TRANSCRIPT.name, s(item.text)),
-            pb_utils.Tensor(spec.IS_FINAL.name, np.array([[final]], dtype=bool)),
-            pb_utils.Tensor(spec.HISTORY_LENGTH.name, np.array([[self.history[item.slot] if item.slot >= 0 else 0]], dtype=np.int64)),
-        ])  # fmt: skip
+        response = pb_utils.InferenceResponse(
+            output_tensors=[
+                pb_utils.Tensor(spec.TOKEN.name, s(piece)),
+                pb_utils.Tensor(spec.TOKEN_ID.name, np.array([[token]], dtype=np.int32)),
+                pb_utils.Tensor(spec.TRANSCRIPT.name, s(item.text)),
+                pb_utils.Tensor(spec.IS_FINAL.name, np.array([[final]], dtype=bool)),
+                pb_utils.Tensor(
+                    spec.HISTORY_LENGTH.name,
+                    np.array([[self.history[item.slot] if item.slot >= 0 else 0]], dtype=np.int64),
+                ),
+            ]
+        )
         if final:
             item.sender.send(response, flags=FINAL)
             item.done = True
@@ -218,7 +229,11 @@ class TritonPythonModel:
             except ValueError as e:
                 self._fail(item, str(e))
                 text = str(e)
-                reason = "prompt" if f"'{spec.PROMPT.name}'" in text or f"'{spec.CONTEXT.name}'" in text else "invalid_input"
+                reason = (
+                    "prompt"
+                    if f"'{spec.PROMPT.name}'" in text or f"'{spec.CONTEXT.name}'" in text
+                    else "invalid_input"
+                )
                 self.metrics.rejected(self.name, reason)
         if not items:
             return None
@@ -230,7 +245,9 @@ class TritonPythonModel:
                 except Exception as e:  # this group's sessions are in an unknown state: close them
                     for it in group:
                         self.states.end(it.seq.key)
-                        self._fail(it, f"session {it.seq.key!r} failed and was closed: {type(e).__name__}: {e}")
+                        self._fail(
+                            it, f"session {it.seq.key!r} failed and was closed: {type(e).__name__}: {e}"
+                        )
                     self.metrics.rejected(self.name, "decode_error", len(group))
         for it in items:
             if it.seq.end:
@@ -268,7 +285,9 @@ class TritonPythonModel:
         self.sessions.copy_to([it.slot for it in generating], self.work, rows)
         logits = self.work.feed_tokens(rows, [[*it.prompt, BOS_ID] for it in generating])
         budgets = [
-            it.sampling.max_tokens if it.sampling.max_tokens is not None else max_decode_length(self.frames[it.slot], self.config)
+            it.sampling.max_tokens
+            if it.sampling.max_tokens is not None
+            else max_decode_length(self.frames[it.slot], self.config)
             for it in generating
         ]
         settings = [it.sampling for it in generating]
@@ -277,13 +296,24 @@ class TritonPythonModel:
         if sampled:
             index = torch.tensor(sampled)
             self.work.generate(
-                [rows[j] for j in sampled], logits[index], [settings[j] for j in sampled], [budgets[j] for j in sampled],
-                eos, on_token=lambda r, token: self._token(generating[sampled[r]], token),
-            )  # fmt: skip
+                [rows[j] for j in sampled],
+                logits[index],
+                [settings[j] for j in sampled],
+                [budgets[j] for j in sampled],
+                eos,
+                on_token=lambda r, token: self._token(generating[sampled[r]], token),
+            )
         for j, it in enumerate(generating):
             if it.sampling.method == BEAM:
-                ids = self.work.beam([rows[j]], logits[j : j + 1], [settings[j]], [budgets[j]], eos, self.config.blank_id,
-                                     [self.ctc[it.slot]])[0]  # fmt: skip
+                ids = self.work.beam(
+                    [rows[j]],
+                    logits[j : j + 1],
+                    [settings[j]],
+                    [budgets[j]],
+                    eos,
+                    self.config.blank_id,
+                    [self.ctc[it.slot]],
+                )[0]
                 for token in ids:
                     self._token(it, token)
         self.metrics.tokens(self.name, sum(len(it.ids) for it in generating))

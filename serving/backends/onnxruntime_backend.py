@@ -84,7 +84,10 @@ class TritonPythonModel:
         batching = int(config.get("max_batch_size", 0)) > 0
         have_in = {t["name"] for t in config.get("input", [])}
         have_out = {t["name"] for t in config.get("output", [])}
-        for kind, tensors, have in (("input", sess.get_inputs(), have_in), ("output", sess.get_outputs(), have_out)):
+        for kind, tensors, have in (
+            ("input", sess.get_inputs(), have_in),
+            ("output", sess.get_outputs(), have_out),
+        ):
             for t in tensors:
                 if t.name in have:
                     continue
@@ -94,9 +97,11 @@ class TritonPythonModel:
                     "data_type": _NUMPY_TO_TRITON[np.dtype(_ORT_TO_NUMPY[t.type])],
                     "dims": dims[1:] if batching else dims,
                 }
-                (auto_complete_model_config.add_input if kind == "input" else auto_complete_model_config.add_output)(
-                    entry
-                )
+                (
+                    auto_complete_model_config.add_input
+                    if kind == "input"
+                    else auto_complete_model_config.add_output
+                )(entry)
         return auto_complete_model_config
 
     def initialize(self, args: dict) -> None:
@@ -139,7 +144,9 @@ class TritonPythonModel:
             self.inputs.append((t["name"], dtype, bool(t.get("optional", False))))
         missing = sorted(set(onnx_inputs) - {name for name, _, _ in self.inputs})
         if missing:
-            raise pb_utils.TritonModelException(f"model '{self.name}': ONNX inputs {missing} are not in config.pbtxt")
+            raise pb_utils.TritonModelException(
+                f"model '{self.name}': ONNX inputs {missing} are not in config.pbtxt"
+            )
         self.outputs: list[str] = []
         for t in self.config["output"]:
             if t["name"] not in onnx_outputs:
@@ -175,7 +182,9 @@ class TritonPythonModel:
             try:
                 feeds = self._read(request)
             except ValueError as e:
-                responses[i] = pb_utils.InferenceResponse(error=pb_utils.TritonError(f"model '{self.name}': {e}"))
+                responses[i] = pb_utils.InferenceResponse(
+                    error=pb_utils.TritonError(f"model '{self.name}': {e}")
+                )
                 continue
             if self.batching:
                 key = tuple((name, a.shape[1:]) for name, a in sorted(feeds.items()))

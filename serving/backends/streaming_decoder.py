@@ -22,7 +22,14 @@ from mambaserve.serving.metrics import INTERNAL, STATEFUL_REJECTION_REASONS, Met
 from mambaserve.serving.state import PerSlot, SequenceError, StatePool
 from mambaserve.serving.streaming_engine import BEAM, GREEDY, DecoderPool, Sampling, max_decode_length
 
-_INPUTS = (spec.PREFIX, spec.PREFIX_LENGTHS, spec.CTC_LOGPROBS, spec.CTC_LENGTHS, spec.PARTIAL, spec.ENCODER_FRAMES)
+_INPUTS = (
+    spec.PREFIX,
+    spec.PREFIX_LENGTHS,
+    spec.CTC_LOGPROBS,
+    spec.CTC_LENGTHS,
+    spec.PARTIAL,
+    spec.ENCODER_FRAMES,
+)
 
 
 class TritonPythonModel:
@@ -52,7 +59,9 @@ class TritonPythonModel:
             default_idle_s=spec.STREAM_IDLE_SECONDS,
         )
         capacity = self.states.capacity
-        self.rows = DecoderPool(self.recognizer.model.decoder, capacity, self.device, step=self.recognizer.compiled_step)
+        self.rows = DecoderPool(
+            self.recognizer.model.decoder, capacity, self.device, step=self.recognizer.compiled_step
+        )
         self.prompts = PerSlot(capacity, list)  # token ids of the PROMPT of the sequence's first chunk
         self.ctc = PerSlot(capacity, list)  # CTC log-probs of the chunks so far (joint beam search only)
         self.states.bind(self.rows, self.prompts, self.ctc)
@@ -113,7 +122,9 @@ class TritonPythonModel:
                 self.states.refused(e)
             except ValueError as e:
                 responses[i] = self._error(str(e))
-                self.metrics.rejected(self.name, "prompt" if f"'{spec.PROMPT.name}'" in str(e) else "invalid_input")
+                self.metrics.rejected(
+                    self.name, "prompt" if f"'{spec.PROMPT.name}'" in str(e) else "invalid_input"
+                )
         if not accepted:
             return responses
 
@@ -139,7 +150,9 @@ class TritonPythonModel:
             except Exception as e:  # the batch's state is unknown now: close its sequences, say why
                 for i, seq, _, _ in accepted:
                     self.states.end(seq.key)
-                    responses[i] = self._error(f"streaming decoder failed, sequence {seq.key!r} closed: {type(e).__name__}: {e}")
+                    responses[i] = self._error(
+                        f"streaming decoder failed, sequence {seq.key!r} closed: {type(e).__name__}: {e}"
+                    )
                 self.metrics.rejected(self.name, "decode_error", len(accepted))
                 return responses
 
@@ -147,10 +160,12 @@ class TritonPythonModel:
             final = seq.end
             text = texts[p] if final else a[spec.PARTIAL.name].reshape(-1)[0]
             data = text if isinstance(text, bytes) else str(text).encode("utf-8")
-            responses[i] = pb_utils.InferenceResponse(output_tensors=[
-                pb_utils.Tensor(spec.TRANSCRIPT.name, np.array([[data]], dtype=object)),
-                pb_utils.Tensor(spec.IS_FINAL.name, np.array([[final]], dtype=bool)),
-            ])  # fmt: skip
+            responses[i] = pb_utils.InferenceResponse(
+                output_tensors=[
+                    pb_utils.Tensor(spec.TRANSCRIPT.name, np.array([[data]], dtype=object)),
+                    pb_utils.Tensor(spec.IS_FINAL.name, np.array([[final]], dtype=bool)),
+                ]
+            )
             if final:
                 self.states.end(seq.key)
         return responses

@@ -58,7 +58,9 @@ class TritonPythonModel:
             try:
                 seq = self.states.sequence(request)
                 tensor = pb_utils.get_input_tensor_by_name(request, spec.AUDIO.name)
-                samples = validate_chunk(None if tensor is None else tensor.as_numpy(), max_samples=self.max_chunk)
+                samples = validate_chunk(
+                    None if tensor is None else tensor.as_numpy(), max_samples=self.max_chunk
+                )
                 slot = self.states.admit(seq)
                 if self.samples_total[slot] + samples.size > self.max_total:
                     raise ValueError(
