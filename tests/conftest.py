@@ -1,13 +1,17 @@
-"""Session fixtures shared by every test area: a checkpoint, a model repository built from it with the
-real build command, and a real tritonserver serving it on free ports.
+"""Session fixtures shared by every test area (helpers that are not fixtures: tests/helpers.py).
 
     checkpoint_dir     checkpoints/default if it exists, else a randomly initialised checkpoint (tmp)
     build_output       stdout+stderr of `python -m mambaserve.build` that built `model_repository`
     model_repository   the built repository (tmp), one version per model
     triton_server      a started TritonServer: .http_url, .grpc_url ("127.0.0.1:PORT"), .metrics_url,
                        .repository, .log_path; stopped at the end of the session
+    grpc_client        a tritonclient.grpc client of triton_server
     recognizer         the in-process reference (mambaserve.model.recognizer.Recognizer)
     speech_clips       a few espeak-ng sentences at 16 kHz: list of (text, float32 audio)
+    tiny_model_config  a small ModelConfig with odd sizes (model and training tests)
+
+Tests mirror the layers: tests/contract, kernels, model, training, serving, build, clients,
+loadtest, deploy, demo.
 """
 
 from __future__ import annotations
@@ -16,11 +20,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import helpers
 import numpy as np
 import pytest
-
-ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_CHECKPOINT = ROOT / "checkpoints" / "default"
+from mambaserve.model.config import MambaConfig, ModelConfig
 
 SENTENCES = (
     "hello world",
@@ -33,8 +36,8 @@ SENTENCES = (
 
 @pytest.fixture(scope="session")
 def checkpoint_dir(tmp_path_factory) -> Path:
-    if (DEFAULT_CHECKPOINT / "model.safetensors").exists():
-        return DEFAULT_CHECKPOINT
+    if (helpers.CHECKPOINT / "model.safetensors").exists():
+        return helpers.CHECKPOINT
     from mambaserve.model.checkpoint import init_checkpoint
 
     return init_checkpoint(tmp_path_factory.mktemp("checkpoint") / "random", seed=0)
@@ -48,7 +51,7 @@ def _built(checkpoint_dir, tmp_path_factory) -> tuple[Path, str]:
         capture_output=True,
         text=True,
         timeout=900,
-        cwd=ROOT,
+        cwd=helpers.ROOT,
     )
     output = proc.stdout + proc.stderr
     if proc.returncode != 0:
@@ -68,22 +71,21 @@ def build_output(_built) -> str:
 
 @pytest.fixture(scope="session")
 def triton_server(model_repository, tmp_path_factory):
-    from mambaserve.serving.server import TritonServer, free_port
-
-    log = tmp_path_factory.mktemp("server") / "tritonserver.log"
-    server = TritonServer(
-        model_repository,
-        http_port=free_port(),
-        grpc_port=free_port(),
-        metrics_port=free_port(),
-        log_path=log,
-        startup_timeout=600,
-    )
+    server = helpers.server(model_repository, log_path=tmp_path_factory.mktemp("server") / "tritonserver.log")
     server.start()
     try:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def grpc_client(triton_server):
+    import tritonclient.grpc as grpcclient
+
+    client = grpcclient.InferenceServerClient(triton_server.grpc_url)
+    yield client
+    client.close()
 
 
 @pytest.fixture(scope="session")
@@ -93,25 +95,17 @@ def recognizer(checkpoint_dir):
     return Recognizer(checkpoint_dir)
 
 
-def espeak(text: str, voice: str = "en-us", speed: int = 160) -> np.ndarray:
-    """espeak-ng speech as 16 kHz mono float32 in [-1, 1]."""
-    import io
-
-    import soundfile as sf
-    import soxr
-
-    wav = subprocess.run(
-        ["espeak-ng", "-v", voice, "-s", str(speed), "--stdout", text], capture_output=True, check=True
-    ).stdout
-    audio, sr = sf.read(io.BytesIO(wav), dtype="float32")
-    if audio.ndim > 1:
-        audio = audio.mean(axis=1)
-    if sr != 16_000:
-        audio = soxr.resample(audio, sr, 16_000).astype(np.float32)
-    return np.clip(audio, -1.0, 1.0)
-
-
 @pytest.fixture(scope="session")
 def speech_clips() -> list[tuple[str, np.ndarray]]:
     voices = ("en-us", "en-gb", "en-us+f3", "en-gb-scotland", "en-us+m3")
-    return [(text, espeak(text, voice)) for text, voice in zip(SENTENCES, voices)]
+    return [(text, helpers.espeak(text, voice)) for text, voice in zip(SENTENCES, voices)]
+
+
+@pytest.fixture
+def tiny_model_config() -> ModelConfig:
+    """Odd sizes on purpose: non-power-of-two widths and state sizes."""
+    cfg = ModelConfig()
+    cfg.encoder.mamba = MambaConfig(d_model=24, n_layers=2, d_state=5, d_conv=4, expand=2)
+    cfg.decoder.mamba = MambaConfig(d_model=28, n_layers=2, d_state=6, d_conv=3, expand=2)
+    cfg.vocab_size = 40
+    return cfg

@@ -8,6 +8,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+import helpers
 import numpy as np
 import pytest
 import torch
@@ -20,7 +21,7 @@ from mambaserve.model.tokenizer import BOS_ID, EOS_ID, PAD_ID, UNK_ID, Tokenizer
 from mambaserve.training.dataset import ManifestDataset, collate_audio
 from mambaserve.training.train import Trainer, feature_statistics
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = helpers.ROOT
 
 
 def test_tokenizer_round_trip_and_special_ids(tiny_corpus: Path) -> None:
@@ -62,7 +63,9 @@ def test_tiny_batch_overfits(tiny_corpus: Path) -> None:
         opt.step()
         opt.zero_grad()
     assert float(out["loss"]) < 0.05 * first
-    hyps = Recognizer(Checkpoint(model.eval(), tok, cfg, tiny_corpus)).transcribe([it["audio"].numpy() for it in items])
+    hyps = Recognizer(Checkpoint(model.eval(), tok, cfg, tiny_corpus)).transcribe(
+        [it["audio"].numpy() for it in items]
+    )
     assert score(batch["texts"], hyps).cer < 0.1, hyps
 
 
@@ -92,7 +95,11 @@ def test_fit_writes_averaged_final_checkpoint(tiny_train_config) -> None:
     trainer = Trainer(config)
     final = trainer.fit()
     run = Path(config.out_dir)
-    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step_0000002", "step_0000004", "step_0000006"]
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == [
+        "step_0000002",
+        "step_0000004",
+        "step_0000006",
+    ]
     averaged = average_checkpoints(sorted((run / "checkpoints").iterdir()))
     final_model = load_checkpoint(final).model
     for (name, a), b in zip(final_model.state_dict().items(), averaged.state_dict().values()):
@@ -102,8 +109,12 @@ def test_fit_writes_averaged_final_checkpoint(tiny_train_config) -> None:
     assert any((run / "tb").iterdir())
 
 
-def test_checkpoint_round_trip_and_parts(tmp_path: Path, tiny_model_config: ModelConfig, tiny_corpus: Path) -> None:
-    tok = train_tokenizer([it["text"] for it in ManifestDataset(tiny_corpus / "train.jsonl").items], vocab_size=40)
+def test_checkpoint_round_trip_and_parts(
+    tmp_path: Path, tiny_model_config: ModelConfig, tiny_corpus: Path
+) -> None:
+    tok = train_tokenizer(
+        [it["text"] for it in ManifestDataset(tiny_corpus / "train.jsonl").items], vocab_size=40
+    )
     tiny_model_config.vocab_size = tok.vocab_size
     torch.manual_seed(0)
     model = SpeechMamba(tiny_model_config).eval()
@@ -116,7 +127,10 @@ def test_checkpoint_round_trip_and_parts(tmp_path: Path, tiny_model_config: Mode
     part = load_checkpoint(tmp_path / "dec").model
     assert torch.equal(part.decoder.embed.weight, model.decoder.embed.weight)
     assert list(tmp_path.glob(".*")) == []  # no temporary directories left behind
-    assert 2 * (tmp_path / "dec" / "model.safetensors").stat().st_size < (tmp_path / "full" / "model.safetensors").stat().st_size
+    assert (
+        2 * (tmp_path / "dec" / "model.safetensors").stat().st_size
+        < (tmp_path / "full" / "model.safetensors").stat().st_size
+    )
 
 
 DDP_SCRIPT = textwrap.dedent(
@@ -154,9 +168,21 @@ def test_two_process_ddp_step(tiny_train_config, tmp_path: Path) -> None:
     import yaml
 
     yaml_path.write_text(yaml.safe_dump(json.loads(json.dumps(config.to_dict()))))
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(_free_port()),
-           str(script), str(yaml_path), str(tmp_path)]  # fmt: skip
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env={**_env(), "OMP_NUM_THREADS": "1"})
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        str(_free_port()),
+        str(script),
+        str(yaml_path),
+        str(tmp_path),
+    ]
+    proc = subprocess.run(
+        cmd, capture_output=True, text=True, timeout=600, env={**_env(), "OMP_NUM_THREADS": "1"}
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     r0, r1 = (json.loads((tmp_path / f"rank{i}.json").read_text()) for i in (0, 1))
     assert (r0["world"], r1["world"]) == (2, 2)
@@ -171,7 +197,7 @@ def test_two_process_ddp_step(tiny_train_config, tmp_path: Path) -> None:
 def test_configs_are_checked_strictly(tiny_train_config, tmp_path: Path) -> None:
     data = ModelConfig().to_dict()
     data["features"]["n_mels"] = "80"
-    with pytest.raises(ValueError, match='features.n_mels.*"int".*"80"'):
+    with pytest.raises(ValueError, match=r'features\.n_mels.*"int".*"80"'):
         ModelConfig.from_dict(data)
     data["features"]["n_mels"] = 80
     data["decoder"]["dropout"] = 0  # an int is a fine float
@@ -194,10 +220,19 @@ def test_lora_adapters_load_and_merge(tiny_train_config, tiny_corpus: Path, tmp_
 
     base = Trainer(tiny_train_config)
     base_dir = base.save()
-    adapter, merged = finetune(base_dir, tiny_corpus / "train.jsonl", tmp_path / "lora", steps=4, lr=5e-2,
-                               settings=LoraSettings(rank=4, alpha=8, dropout=0.0), progress=False)  # fmt: skip
+    adapter, merged = finetune(
+        base_dir,
+        tiny_corpus / "train.jsonl",
+        tmp_path / "lora",
+        steps=4,
+        lr=5e-2,
+        settings=LoraSettings(rank=4, alpha=8, dropout=0.0),
+        progress=False,
+    )
     assert (adapter / "adapter_model.safetensors").exists() and (adapter / "adapter_config.json").exists()
-    assert (adapter / "adapter_model.safetensors").stat().st_size < (Path(base_dir) / "model.safetensors").stat().st_size
+    assert (adapter / "adapter_model.safetensors").stat().st_size < (
+        Path(base_dir) / "model.safetensors"
+    ).stat().st_size
     adapted = load_adapters(base_dir, adapter).model
     merged_model = load_checkpoint(merged).model
     plain = load_checkpoint(base_dir).model
@@ -218,10 +253,22 @@ def test_lora_adapters_load_and_merge(tiny_train_config, tiny_corpus: Path, tmp_
 def test_evaluate_cli_prints_json_last(tiny_train_config, tiny_corpus: Path) -> None:
     path = Trainer(tiny_train_config).save()
     proc = subprocess.run(
-        [sys.executable, "-m", "mambaserve.training.evaluate", "--checkpoint", str(path),
-         "--manifest", str(tiny_corpus / "test_hotwords.jsonl"), "--limit", "3"],
-        capture_output=True, text=True, timeout=600, env=_env(),
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "mambaserve.training.evaluate",
+            "--checkpoint",
+            str(path),
+            "--manifest",
+            str(tiny_corpus / "test_hotwords.jsonl"),
+            "--limit",
+            "3",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=_env(),
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert result["n"] == 3
@@ -248,6 +295,7 @@ def test_exportable_scan_runs_at_other_lengths(tmp_path: Path, trace_len: int) -
             return selective_scan_cpu(u, delta, self.A, B, C, self.D, z, self.bias, True, True, h0)
 
     module = Scan().requires_grad_(False)
+
     def make(n: int, seed: int) -> tuple[torch.Tensor, ...]:
         g = torch.Generator().manual_seed(seed)
         shapes = [(2, 6, n), (2, 6, n), (2, 5, n), (2, 5, n), (2, 6, n), (2, 6, 5)]
@@ -255,8 +303,14 @@ def test_exportable_scan_runs_at_other_lengths(tmp_path: Path, trace_len: int) -
 
     length = torch.export.Dim("length", min=2)
     names = ["u", "delta", "B", "C", "z", "h0"]
-    torch.onnx.export(module, make(trace_len, 0), tmp_path / "scan.onnx", dynamo=True, input_names=names,
-                      dynamic_shapes=(*({2: length} for _ in range(5)), {}))  # fmt: skip
+    torch.onnx.export(
+        module,
+        make(trace_len, 0),
+        tmp_path / "scan.onnx",
+        dynamo=True,
+        input_names=names,
+        dynamic_shapes=(*({2: length} for _ in range(5)), {}),
+    )
     session = ort.InferenceSession(str(tmp_path / "scan.onnx"))
     for n in (7, 64):
         args = make(n, n)
