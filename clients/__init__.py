@@ -1,7 +1,7 @@
 """Clients of the served `asr` model: audio loading, Python API, `mambaserve-transcribe`, `mambaserve-eval`.
 
-Names are resolved lazily so that `import mambaserve.clients.audio` (used by the data pipeline) does
-not pull in tritonclient.
+Names are resolved lazily so that `import mambaserve.clients` (or `.audio`, `.metrics`) does not pull
+in tritonclient.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Turn an audio file (or its bytes) into what the `asr` model takes: float32 mono in [-1, 1] at 16 kHz.
 
-The server only accepts 16 kHz mono, so every caller that starts from a file (the CLI, the evaluation
-client, the data pipeline) goes through this one function instead of each resampling on its own.
+The server only accepts 16 kHz mono, so every client-side caller that starts from a file (the CLI, the
+evaluation client, the load tests) goes through this one function instead of each resampling on its own.
 """
 
 from __future__ import annotations

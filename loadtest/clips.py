@@ -9,14 +9,16 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 
 import numpy as np
 from mambaserve.contract import spec
+from mambaserve.loadtest import CHECKOUT
 
-ROOT = Path(__file__).resolve().parent.parent
-SAMPLES_MANIFEST = ROOT / "clients" / "samples" / "samples.jsonl"
-CORPUS_MANIFEST = ROOT / "data" / "corpus" / "test_espeak.jsonl"
+SAMPLES_MANIFEST = Path(str(resources.files("mambaserve.clients") / "samples" / "samples.jsonl"))
+"""The sample clips shipped as the clients package's data."""
+CORPUS_MANIFEST = CHECKOUT / "data" / "corpus" / "test_espeak.jsonl"
 
 
 @dataclass(frozen=True)

@@ -20,10 +20,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mambaserve.contract import spec
+from mambaserve.loadtest import CHECKOUT
 
-DASHBOARD_PATH = (
-    Path(__file__).resolve().parent.parent / "deploy" / "grafana" / "dashboards" / "mambaserve.json"
-)
+DASHBOARD_PATH = CHECKOUT / "deploy" / "grafana" / "dashboards" / "mambaserve.json"
 UID = "mambaserve"
 MODEL_VAR = "model"
 DATASOURCE_VAR = "datasource"

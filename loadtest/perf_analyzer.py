@@ -27,8 +27,8 @@ from pathlib import Path
 
 import numpy as np
 from mambaserve.contract import spec
+from mambaserve.loadtest import CHECKOUT
 
-ROOT = Path(__file__).resolve().parent.parent
 WHEEL_VERSION = "2.47.0"
 WHEEL_BINARY = f"tritonclient-{WHEEL_VERSION}.data/data/bin/perf_analyzer"
 MISSING_LIBS = {"libb64.so.0d": "libb64-*.so.0d", "libcudart.so.12": "libcudart-*.so.12*"}
@@ -54,7 +54,7 @@ def install(cache_dir: Path | None = None, force: bool = False) -> Path:
     wrapper = wrapper_path()
     if wrapper.exists() and not force and _works(wrapper):
         return wrapper
-    cache = Path(cache_dir or ROOT / ".cache" / "perf_analyzer")
+    cache = Path(cache_dir or CHECKOUT / ".cache" / "perf_analyzer")
     binary = cache / "bin" / "perf_analyzer"
     if force or not binary.exists():
         with tempfile.TemporaryDirectory() as tmp:

@@ -23,8 +23,9 @@ import urllib.request
 from pathlib import Path
 
 import yaml
+from mambaserve.loadtest import CHECKOUT
 
-DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
+DEPLOY = CHECKOUT / "deploy"
 PROMETHEUS_CONFIG = DEPLOY / "prometheus" / "prometheus.yml"
 JOB = "tritonserver"
 

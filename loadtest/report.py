@@ -30,11 +30,11 @@ from pathlib import Path
 import numpy as np
 from mambaserve.clients.metrics import scrape
 from mambaserve.contract import spec
-from mambaserve.loadtest import procs, server_stats
+from mambaserve.loadtest import CHECKOUT, procs, server_stats
 from mambaserve.loadtest.clips import Clip, clip_of_length, default_manifest, load_clips
 from mambaserve.serving.metrics import TOKENS
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = CHECKOUT
 OUT = ROOT / "benchmarks"
 SECTIONS_DIR = OUT / "sections"
 PIPELINE = (spec.ASR, spec.FEATURE_EXTRACTOR, spec.ENCODER, spec.DECODER)

@@ -17,11 +17,12 @@ import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
+from importlib import resources
 from pathlib import Path
 
 import numpy as np
 
-LOCUSTFILE = Path(__file__).resolve().parent / "locustfile.py"
+LOCUSTFILE = Path(str(resources.files("mambaserve.loadtest") / "locustfile.py"))
 
 
 @dataclass

@@ -29,8 +29,9 @@ from pathlib import Path
 
 import numpy as np
 from mambaserve.contract import spec
+from mambaserve.loadtest import CHECKOUT
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = CHECKOUT
 LEVELS = (1, 8, 32)
 CHUNK_MS = (320.0, 640.0)
 HISTORIES = (64, 4096)

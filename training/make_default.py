@@ -18,10 +18,11 @@ import subprocess
 import sys
 import time
 from collections.abc import Sequence
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
-CONFIG = Path(__file__).parent / "configs" / "default.yaml"
+CONFIG = Path(str(resources.files("mambaserve.training") / "configs" / "default.yaml"))
 TEST_SETS = ("test_espeak", "test_piper", "test_hotwords")
 
 
