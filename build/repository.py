@@ -33,7 +33,7 @@ from mambaserve.build.versioning import BUILD_INFO, next_version
 from mambaserve.contract import spec
 from mambaserve.model.checkpoint import CONFIG, TOKENIZER, WEIGHTS, load_checkpoint, save_checkpoint
 from mambaserve.model.config import ModelConfig
-from mambaserve.serving.backends.common import CHECKPOINT_DIR
+from mambaserve.serving.backends.common import CHECKPOINT_DIR, DECODE_STEPS
 from mambaserve.serving.server import ServerError
 
 BUILD_FORMAT = 4
@@ -57,7 +57,6 @@ PYTHON_MODELS = {
 """python model -> (library module with its TritonPythonModel, checkpoint parts it needs)."""
 DECODING_MODELS = tuple(name for name, (_, parts) in PYTHON_MODELS.items() if "decoder" in parts)
 """Python models that generate tokens: each gets the compiled decode step (spec.DECODER_STEP_FILE)."""
-DECODE_STEPS = ("onnx", "torch")
 
 SESSION_STATE_DTYPES = ("float32", "float16", "bfloat16")
 ONNX_PLATFORM = "onnxruntime_onnx"
