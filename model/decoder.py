@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import torch
 from mambaserve.model.config import DecoderConfig
 from mambaserve.model.mamba import MambaStack, MambaState
-from mambaserve.model.tokenizer import BOS_ID
+from mambaserve.model.tokenizer import BOS_ID, EOS_ID
 from torch import Tensor, nn
 
 
@@ -67,7 +67,6 @@ class TranscriptDecoder(nn.Module):
         targets: Sequence[Sequence[int]],
     ) -> tuple[Tensor, Tensor]:
         """Teacher forcing. Returns logits [n_tokens, V] and labels [n_tokens] (targets then EOS)."""
-        from mambaserve.model.tokenizer import EOS_ID
 
         x, _, bos = self.assemble(prefix, prefix_lengths, prompts, targets, left_pad=False)
         hidden, _ = self.mamba(self.dropout(x))  # right padding: causal, so real positions are exact

@@ -34,6 +34,8 @@ import torch
 import torch.nn.functional as F
 from mambaserve.model.features import num_frames
 from mambaserve.model.mamba import MambaState
+from mambaserve.model.network import EncoderOutput
+from mambaserve.model.search import beam_search, max_decode_lengths
 from torch import Tensor
 
 GREEDY, BEAM, SAMPLE = "greedy", "beam", "sample"
@@ -472,8 +474,6 @@ class DecoderPool:
     ) -> list[list[int]]:
         """Beam search from the rows' current states (rows are left unchanged): the offline
         `beam_search`, started from (logits, state) instead of a prefill."""
-        from mambaserve.model.network import EncoderOutput
-        from mambaserve.model.search import beam_search
 
         results = []
         for i, slot in enumerate(slots):  # one item at a time: beam sizes and CTC weights may differ
@@ -505,7 +505,6 @@ class DecoderPool:
 
 def max_decode_length(frames_total: int, config) -> int:
     """The offline generation budget for an utterance of `frames_total` encoder frames."""
-    from mambaserve.model.search import max_decode_lengths
 
     f = config.features
     frame_seconds = f.hop_length * config.encoder.subsampling / f.sample_rate

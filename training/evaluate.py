@@ -17,7 +17,13 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
+from mambaserve.model.ctc import ctc_greedy
+from mambaserve.model.recognizer import Recognizer
 from mambaserve.model.scoring import score
+from mambaserve.training.dataset import load_audio
+from mambaserve.training.hotwords import rare_word_error_rate
+from mambaserve.training.manifest import load_manifest
+from tqdm import tqdm
 
 
 def transcribe_manifest(
@@ -30,10 +36,6 @@ def transcribe_manifest(
     ctc_weight: float | None = None,
 ) -> tuple[list[str], float]:
     """Hypotheses for every item and the wall time spent (features + encoder + decoding)."""
-    from mambaserve.model.ctc import ctc_greedy
-    from mambaserve.training.dataset import load_audio
-    from tqdm import tqdm
-
     hyps: list[str] = []
     wall = 0.0
     for start in tqdm(range(0, len(items), batch_size), desc=method, disable=not progress, leave=False):
@@ -64,9 +66,6 @@ def evaluate(
     progress: bool = True,
     ctc_weight: float | None = None,
 ) -> dict[str, Any]:
-    from mambaserve.model.recognizer import Recognizer
-    from mambaserve.training.hotwords import rare_word_error_rate
-    from mambaserve.training.manifest import load_manifest
 
     if threads:
         torch.set_num_threads(threads)

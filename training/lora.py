@@ -22,6 +22,10 @@ from pathlib import Path
 import torch
 from mambaserve.model.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from mambaserve.model.network import SpeechMamba
+from mambaserve.training.dataset import ManifestDataset
+from mambaserve.training.manifest import load_manifest
+from mambaserve.training.train import BatchStream, Dist, TrainConfig, WarmupCosine, make_optimizer
+from tqdm import tqdm
 
 ADAPTER_DIR = "adapter"
 MERGED_DIR = "merged"
@@ -79,11 +83,6 @@ def finetune(
     progress: bool = True,
 ) -> tuple[Path, Path]:
     """Train adapters; returns (adapter directory, merged checkpoint directory)."""
-    from mambaserve.training.dataset import ManifestDataset
-    from mambaserve.training.manifest import load_manifest
-    from mambaserve.training.train import BatchStream, Dist, TrainConfig, WarmupCosine, make_optimizer
-    from tqdm import tqdm
-
     out = Path(out_dir)
     settings = settings or LoraSettings()
     ckpt = load_checkpoint(checkpoint)

@@ -26,6 +26,9 @@ import torch
 from mambaserve.build.errors import ParityError
 from mambaserve.build.export.graph import dynamo_export, relative_error
 from mambaserve.contract import spec
+from mambaserve.model.mamba import MambaState
+from mambaserve.model.onnx_step import OnnxDecodeStep
+from mambaserve.model.search import greedy_search
 from torch import Tensor, nn
 
 TRACE_BATCH = 3
@@ -93,8 +96,6 @@ def check_step_parity(
     progress: Callable[[StepParity], None] | None = None,
 ) -> list[StepParity]:
     """One step of the graph vs ``decoder.step`` at ``batches`` (raise ParityError on a mismatch)."""
-    from mambaserve.model.mamba import MambaState
-    from mambaserve.model.onnx_step import OnnxDecodeStep
 
     if TRACE_BATCH in batches or len(set(batches)) < 2:
         raise ValueError(f"parity needs at least two batch sizes other than the trace batch {TRACE_BATCH}")
@@ -149,9 +150,6 @@ def check_rollout_parity(
     seed: int = 0,
 ) -> RolloutParity:
     """Greedy rollouts from random prefixes with the PyTorch step and with the graph (raise ParityError)."""
-    from mambaserve.model.mamba import MambaState
-    from mambaserve.model.onnx_step import OnnxDecodeStep
-    from mambaserve.model.search import greedy_search
 
     step = OnnxDecodeStep(path)
     decoder = decoder.eval()
