@@ -55,3 +55,16 @@ def test_human_recordings_on_this_machine(tmp_path: Path) -> None:
     res = reserved.reserved_sentences()
     for _, text, data in found:
         assert text.lower() in res and evalsets._to_16k(data).size > 16_000
+
+
+def test_training_refuses_evaluation_items() -> None:
+    res = frozenset({"library for the bar protocol"})
+    ok = [{"id": "a", "text": "good morning", "voice": "mbrola:mb-us1:s150:p50", "family": "mbrola"}]
+    assert reserved.check_training_items(ok, res) == 1
+    for bad in (
+        {"id": "b", "text": "good day", "voice": "flite:slt", "family": "cmu"},
+        {"id": "c", "text": "good day", "voice": "human:alsa-utils:Front_Left", "family": "human"},
+        {"id": "d", "text": "library for the bar protocol", "voice": "espeak:en:s150:p50"},
+    ):
+        with pytest.raises(reserved.ReservedVoiceError, match="reserved for evaluation"):
+            reserved.check_training_items([*ok, bad], res)

@@ -33,6 +33,7 @@ __all__ = [
     "RESERVED_ENGINES",
     "RESERVED_VOICES",
     "ReservedVoiceError",
+    "check_training_items",
     "check_training_voice",
     "debian_descriptions",
     "drop_reserved_sentences",
@@ -213,3 +214,24 @@ def _contains(words: list[str], index: dict[tuple[str, str], list[tuple[str, ...
 
 def reserved_text_stats(lists_dir: str = APT_LISTS) -> dict[str, int]:
     return {"descriptions": len(debian_descriptions(lists_dir)), "sentences": len(reserved_sentences(lists_dir))}
+
+
+RESERVED_FAMILIES = frozenset({"cmu", "human"})
+
+
+def check_training_items(items: Iterable[dict], reserved: frozenset[str] | None = None) -> int:
+    """Raise ReservedVoiceError if any manifest item is evaluation-only: a reserved voice, an
+    evalsets family ("cmu", "human") or a reserved sentence as its text. Returns the item count.
+
+    For a training data loader to call on its training manifest: it catches an evaluation manifest
+    passed as training data by mistake."""
+    reserved = reserved_sentences() if reserved is None else reserved
+    n = 0
+    for it in items:
+        n += 1
+        voice, fam, text = str(it.get("voice", "")), it.get("family"), it.get("text", "")
+        if (voice and is_reserved_voice(voice)) or fam in RESERVED_FAMILIES or text in reserved:
+            raise ReservedVoiceError(
+                f"item {it.get('id')!r} ({voice or fam}: {text[:60]!r}) is reserved for evaluation: never train on it"
+            )
+    return n
