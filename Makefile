@@ -11,7 +11,7 @@ GRPC_PORT ?= 8001
 METRICS_PORT ?= 8002
 export HTTP_PORT GRPC_PORT METRICS_PORT
 
-.PHONY: help venv system-deps demo test test-slow lint data train evaluate repo serve bench bench-kernels soak clean
+.PHONY: help venv system-deps demo test test-slow lint data eval-data train evaluate repo serve bench bench-kernels soak clean
 
 help:
 	@echo "make demo   - set up, build the model repository, start tritonserver, transcribe the sample clips"
@@ -32,12 +32,16 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
-# Debian packages the data generator and the observability tests use.
+# Debian packages the data generator and the observability tests use. training/setup_voices.py adds
+# Debian's contrib + non-free components when the MBROLA / Pico voices are missing (and says so),
+# installs the training voices (espeak-ng, sox, MBROLA, Pico) and the evaluation-only ones (flite,
+# festival), and fetches the English package descriptions (reserved evaluation text).
 system-deps:
-	@if ! command -v espeak-ng >/dev/null || ! command -v sox >/dev/null || ! command -v prometheus >/dev/null; then \
+	@if ! command -v prometheus >/dev/null; then \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
-	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq espeak-ng sox prometheus >/dev/null; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq prometheus >/dev/null; \
 	fi
+	@$(PYTHON) training/setup_voices.py --eval
 
 demo: venv
 	$(PY) -m mambaserve.demo --checkpoint $(CHECKPOINT) --repository $(REPO)
@@ -56,6 +60,10 @@ lint: venv
 
 data: venv system-deps
 	$(PY) -m mambaserve.training.corpus --out data/corpus
+
+# Evaluation-only sets (CMU voices on Debian package descriptions; packaged human recordings).
+eval-data: venv system-deps
+	$(PY) -m mambaserve.training.evalsets --out data/eval
 
 train: venv system-deps
 	$(PY) -m mambaserve.training.make_default --out $(CHECKPOINT)

@@ -38,6 +38,8 @@ from pathlib import Path
 
 from mambaserve.model.text_norm import normalize_text
 
+from .reserved import drop_reserved_sentences
+
 __all__ = [
     "MAX_WORDS",
     "MIN_WORDS",
@@ -221,6 +223,74 @@ def _mine_stdlib() -> tuple[str, ...]:
     return tuple(out)
 
 
+# ---- other packaged English prose -------------------------------------------------------------
+FORTUNES_DIR = Path("/usr/share/games/fortunes")
+# Fortune files that are not English sentences (pictures, other languages, Perl code).
+_FORTUNE_SKIP = frozenset({"ascii-art", "art", "translate-me", "perl", "debian"})
+_ATTRIBUTION = re.compile(r"^\s*(--|―|~)")
+_QUOTES = re.compile(r"[\"“”«»]|(?<![A-Za-z])'|'(?![A-Za-z])")
+_PROSE_JUNK = re.compile(r"[`=<>{}\[\]*#\\|~^$@/_]|://|www\.|\t")
+
+
+def _prose_sentences(text: str, vocabulary: frozenset[str]) -> Iterator[str]:
+    """Normalised sentences of running English text (paragraphs joined, quotes and dashes dropped)."""
+    for para in re.split(r"\n\s*\n", text):
+        para = " ".join(line.strip() for line in para.splitlines() if line.strip())
+        para = para.replace("--", ", ").replace("_", " ")
+        for sentence in _SENTENCE_END.split(_QUOTES.sub(" ", para)):
+            sentence = sentence.strip(" ,;:-")
+            if not sentence[:1].isupper() or _PROSE_JUNK.search(sentence) or _ABBREVIATION.search(sentence):
+                continue
+            norm = normalize_text(sentence)
+            if _accept(norm, vocabulary):
+                yield norm
+
+
+def fortune_files(root: Path = FORTUNES_DIR) -> list[Path]:
+    """English fortune files of Debian's ``fortunes`` / ``fortunes-min`` (not the offensive set)."""
+    if not root.is_dir():
+        return []
+    return sorted(
+        p for p in root.iterdir()
+        if p.is_file() and not p.suffix and not p.is_symlink() and p.name not in _FORTUNE_SKIP
+    )  # fmt: skip
+
+
+def fortune_sentences(root: Path = FORTUNES_DIR) -> tuple[str, ...]:
+    """Sentences of the fortune cookies (attribution lines dropped), deduplicated, in file order."""
+    vocabulary = common_words()
+    out: dict[str, None] = {}
+    for path in fortune_files(root):
+        text = path.read_text(encoding="utf-8", errors="replace")
+        for cookie in re.split(r"^%\s*$", text, flags=re.MULTILINE):
+            body = "\n".join(line for line in cookie.splitlines() if not _ATTRIBUTION.match(line))
+            # A cookie is one paragraph even when wrapped; poems and dialogues end lines without a stop.
+            body = re.sub(r"(?<![.!?:;,])\n(?=\s*[A-Z])", ". ", body.strip())
+            out.update(dict.fromkeys(_prose_sentences(body, vocabulary)))
+    return tuple(out)
+
+
+def book_sentences() -> tuple[str, ...]:
+    """Sentences of public-domain books shipped inside PyPI wheels: arpabo's alice.txt (Lewis
+    Carroll, Alice's Adventures in Wonderland, chapter I). Empty when the wheel is not installed."""
+    try:
+        from importlib.resources import files
+
+        text = (files("arpabo") / "data" / "alice.txt").read_text(encoding="utf-8")
+    except (ImportError, OSError):
+        return ()
+    vocabulary = common_words()
+    # The text is wrapped in paragraphs; `word' quotes are its quotation marks.
+    text = text.replace("`", " ").replace("'", "'")
+    return tuple(dict.fromkeys(_prose_sentences(text, vocabulary)))
+
+
+@functools.lru_cache(maxsize=1)
+def packaged_prose() -> dict[str, tuple[str, ...]]:
+    """Every prose source by name: stdlib docstrings/comments, Debian fortunes, books in wheels."""
+    return {"stdlib": stdlib_sentences(), "fortunes": fortune_sentences(), "books": book_sentences()}
+
+
 # ---- templates: everyday sentences, every slot word common --------------------------------------
 _SLOTS: dict[str, tuple[str, ...]] = {
     "name": ("anna", "david", "maria", "james", "sarah", "peter", "linda", "michael", "emma", "robert",
@@ -285,11 +355,15 @@ def template_sentences(n: int, seed: int = 0) -> list[str]:
 
 
 def template_vocabulary() -> frozenset[str]:
-    """Every word a template sentence can contain (these are never held out of training)."""
+    """Every word a template sentence can contain, here or in hotwords.py's hotword templates
+    (these are never held out of training: training sentences are built from them)."""
+    from . import hotwords  # imports this module: imported here, not at the top
+
     words: set[str] = set()
-    for t in _TEMPLATES:
+    templates = (*_TEMPLATES, *hotwords._ONE_WORD_TEMPLATES, *hotwords._TWO_WORD_TEMPLATES)
+    for t in templates:
         words.update(w for w in normalize_text(re.sub(r"\{\w+\}", " ", t)).split())
-    for values in _SLOTS.values():
+    for values in (*_SLOTS.values(), *hotwords._FILL.values()):
         for v in values:
             words.update(normalize_text(v).split())
     return frozenset(words)
@@ -328,9 +402,13 @@ def sentence_splits(
     """
     if not 0 <= template_fraction < 1:
         raise ValueError(f"template_fraction must be in [0, 1), got {template_fraction}")
-    prose = stdlib_sentences()
+    sources = packaged_prose()
+    prose_all = list(dict.fromkeys(x for src in sources.values() for x in src))
+    prose, n_reserved = drop_reserved_sentences(prose_all)
     n_templates = round(len(prose) * template_fraction / (1 - template_fraction))
-    templates = [t for t in template_sentences(n_templates, seed) if t not in set(prose)]
+    prose_set = set(prose)
+    templates, n_reserved_t = drop_reserved_sentences(t for t in template_sentences(n_templates, seed) if t not in prose_set)
+    n_reserved += n_reserved_t
 
     doc_freq = Counter(w for s in prose for w in set(s.split()))
     protected = template_vocabulary()
@@ -351,6 +429,8 @@ def sentence_splits(
         r = stable_fraction("sentence-split", seed, s)
         (dev if r < dev_fraction else test if r < dev_fraction + test_fraction else train).append(s)
     stats = {
+        **{f"prose_{name}": len(src) for name, src in sources.items()},
+        "dropped_reserved": n_reserved,
         "prose": len(prose),
         "templates": len(templates),
         "train": len(train),

@@ -18,7 +18,16 @@ def tiny_corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     out = tmp_path_factory.mktemp("corpus")
     build_corpus(
-        out, n_train=24, n_piper_train=0, n_dev=4, n_test=4, n_piper_test=0, n_hotword_test=4, progress=False
+        out,
+        n_train=24,
+        n_piper_train=0,
+        n_dev=4,
+        n_test=4,
+        n_piper_test=0,
+        n_hotword_test=4,
+        n_test_diphone=2,
+        n_heldout_voices=2,
+        progress=False,
     )
     return out
 
