@@ -80,6 +80,7 @@ def test_dry_run_goes_through_every_step_and_writes_json_and_markdown(tiny_clips
     assert s["check"]["ok"] and s["pool"]["live"] == gc.DRY.sessions and s["decoder"]["logits_finite"]
     r = steps["recognizer"]
     assert r["timed"]["clips"] == 2 and r["agreement"]["of"] == 2 and "equal" in r["agreement"]
+    assert r["warmup"] == r["warmup"] | {"batches": 1, "of": 1}
     assert r["cpu_here_first_batch"]["equal_to_gpu"] == r["cpu_here_first_batch"]["clips"]
     assert data["parts"]["Recognizer"].endswith(".Recognizer") and data["parts"]["librosa"].startswith("numpy")
     assert [g["met"] for g in data["goals"]] == [None] * 5  # a dry run meets or misses nothing
