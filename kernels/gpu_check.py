@@ -97,24 +97,23 @@ def project_parts() -> SimpleNamespace:
     They are being moved (slot pool -> mambaserve.serving, Recognizer -> mambaserve.model.recognizer,
     checkpoint loading -> mambaserve.model.checkpoint): after the move lands, fix the order here.
     Imported lazily, so steps 1-2 need none of them. A module that exists but fails to import for
-    another reason raises (a missing dependency must not silently pick the old home).
+    another reason raises (a missing dependency must not silently pick the old home); a module found
+    outside this checkout (another checkout's editable install) does not count.
     """
     _librosa_or_numpy_filterbank()  # the model's LogMel calls librosa.filters.mel at construction
 
     def find(what: str, *homes: tuple[str, str]):
         for module, name in homes:
-            try:
-                mod = importlib.import_module(module)
-            except ModuleNotFoundError as err:
-                if err.name and (module == err.name or module.startswith(err.name + ".")):
-                    continue  # this home does not exist (yet, or any more)
-                raise
+            if not _in_this_checkout(module):
+                continue  # this home does not exist (yet, or any more), or only in another checkout
+            mod = importlib.import_module(module)
             if hasattr(mod, name):
                 return getattr(mod, name), f"{module}.{name}"
-        raise ImportError(f"gpu_check: no {what} in any of {[m for m, _ in homes]}")
+        raise ImportError(f"gpu_check: no {what} in any of {[m for m, _ in homes]} in {ROOT}")
 
     SlotPool, pool_at = find(
         "slot pool",
+        ("mambaserve.serving.state", "SlotPool"),
         ("mambaserve.serving.slot_pool", "SlotPool"),
         ("mambaserve.serving.state_pool", "SlotPool"),
         ("mambaserve.serving", "SlotPool"),
@@ -131,6 +130,25 @@ def project_parts() -> SimpleNamespace:
         SlotPool=SlotPool, Recognizer=Recognizer, load_checkpoint=load_checkpoint,
         where={"SlotPool": pool_at, "Recognizer": rec_at, "load_checkpoint": ckpt_at, "librosa": _LIBROSA[0]},
     )  # fmt: skip
+
+
+def _in_this_checkout(module: str) -> bool:
+    """Whether `module` exists in this checkout, found level by level without importing it (so a
+    package of another checkout's editable install is neither picked nor executed)."""
+    import importlib.util
+
+    parts = module.split(".")
+    for i in range(2, len(parts) + 1):
+        try:
+            spec = importlib.util.find_spec(".".join(parts[:i]))
+        except ModuleNotFoundError:
+            return False
+        if spec is None:
+            return False
+        places = [spec.origin] if spec.origin else list(spec.submodule_search_locations or [])
+        if not any(p and ROOT in Path(p).resolve().parents for p in places):
+            return False
+    return True
 
 
 # ------------------------------------------------------------------------------------------------

@@ -229,3 +229,23 @@ def test_publish_refuses_a_dry_run_and_splices_gpu_results_into_benchmarks(tmp_p
     assert "72.9 %" in published and "| yes |" in published and "not yet run" not in published.lower()
     assert "NVIDIA H200" in (tmp_path / gc.RESULTS_MD).read_text()
     assert json.loads((tmp_path / gc.RESULTS_JSON).read_text())["goals"][2]["met"] is True
+
+
+def test_the_real_plan_fits_an_h200_and_compiles_few_variants():
+    p = gc.REAL
+    assert p.dim == 1536 and p.dstate == 16 and {b for b, _ in p.scan_shapes} == {1, 4, 16, 64, 256}
+    assert min(L for _, L in p.scan_shapes) == 64 and max(L for _, L in p.scan_shapes) == 16384
+    for b, length in (*p.scan_shapes, p.scan_extra_shape):
+        assert length % p.compile_chunk == 0 and length % 16 == 0  # one Triton specialisation of L
+        sequence_bytes = 4 * b * p.dim * length * 2  # u, delta, z, out in bf16
+        assert sequence_bytes < 16e9, (b, length)
+        if b * length <= p.torch_max_tokens:  # the PyTorch scan keeps [L, b, D, N] fp32 states
+            assert b * length * p.dim * p.dstate * 4 < 8e9
+    # the autotuner's first shape per batch bucket is what it tunes for: the longest one
+    first = {}
+    for b, length in p.scan_shapes:
+        first.setdefault(b, length)
+    assert all(first[b] == max(L for bb, L in p.scan_shapes if bb == b) for b in first)
+    assert p.sessions == 10_000 < p.pool_slots and p.sessions + 1 <= 65535  # one launch, plus a pad row
+    assert p.pool_slots * p.dim * p.dstate * 4 * 3 < 8e9  # the pool and its two check copies
+    assert sum(gc.SHARE_S.values()) >= p.budget_s and p.budget_s <= 420
