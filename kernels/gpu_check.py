@@ -1570,14 +1570,15 @@ def render_markdown(data: dict) -> str:
         add("d_inner 1536, d_state 16 at the real run's sizes; bf16 activations, fp32 states. `x torch` / `x compile`: "
             "the PyTorch path's / torch.compile's time over the kernel's.")  # fmt: skip
         add("")
-        add("| kernel | dtype | batch | L | layout | config | ms | TB/s | % HBM | % copy | first call s | torch ms | x torch | compile ms | x compile |")
-        add("|---|---|---:|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+        add("| kernel | dtype | batch | L | layout | config | ms | TB/s | % HBM | % copy | first call s | torch ms | x torch | compile ms | x compile | rel. err vs torch / compile |")
+        add("|---|---|---:|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
         for r in k.get("scan", []) + k.get("conv_fn", []):
             l2 = " (L2)" if r.get("l2_resident") else ""
             add(f"| {r['kernel']} | {r['dtype']} | {r['batch']} | {r['L']} | {r.get('layout', 'model')} | {r.get('config', '-')} | "
                 f"{_f(r['ms'])}{l2} | {_f(r['TBps'])} | {_f(r['pct_hbm'], '{:.1f}')} | {_f(r.get('pct_copy'), '{:.1f}')} | "
                 f"{_f(r.get('first_call_s'), '{:.2f}')} | {_f(r.get('torch_ms'))} | {_f(r.get('x_torch'), '{:.1f}')} | "
-                f"{_f(r.get('compile_ms'))} | {_f(r.get('x_compile'), '{:.1f}')} |")  # fmt: skip
+                f"{_f(r.get('compile_ms'))} | {_f(r.get('x_compile'), '{:.1f}')} | "
+                f"{_f(r.get('torch_rel_err'), '{:.1e}')} / {_f(r.get('compile_rel_err'), '{:.1e}')} |")  # fmt: skip
         add("")
         add("Decode kernels (slot indices, a random permutation of the pool), µs per call: eager (Python wrapper and "
             "launch included) and under CUDA-graph replay (kernel only).")  # fmt: skip
