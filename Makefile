@@ -11,7 +11,7 @@ GRPC_PORT ?= 8001
 METRICS_PORT ?= 8002
 export HTTP_PORT GRPC_PORT METRICS_PORT
 
-.PHONY: help venv system-deps demo test test-slow lint data eval-data train evaluate repo serve bench bench-kernels soak clean
+.PHONY: help venv system-deps demo test test-slow lint data eval-data train evaluate repo serve bench bench-kernels gpu-check gpu-check-clips gpu-check-dry-run soak clean
 
 help:
 	@echo "make demo   - set up, build the model repository, start tritonserver, transcribe the sample clips"
@@ -19,6 +19,7 @@ help:
 	@echo "make train  - regenerate data and retrain the default checkpoint (~60 min on 2 CPU cores)"
 	@echo "make serve  - run tritonserver in the foreground on $(REPO)"
 	@echo "make bench / bench-kernels / soak / lint"
+	@echo "make gpu-check-clips, gpu-check-dry-run (CPU) / gpu-check (on a CUDA host) - see kernels/BENCHMARKS.md"
 
 # torch is installed first from its pin: an open range would pull gigabytes of CUDA wheels.
 $(STAMP): pyproject.toml
@@ -83,6 +84,18 @@ bench: venv system-deps
 
 bench-kernels: venv
 	$(PY) -m mambaserve.kernels.bench
+
+# The one prepared GPU check (kernels/BENCHMARKS.md, "How to run on a lent GPU"). gpu-check needs no venv
+# and no network (the lent GPU machine has neither): it runs $(PYTHON) on this checkout as it is.
+GPU_CHECK_ARGS ?=
+gpu-check:
+	PYTHON=$(PYTHON) bash kernels/gpu_check.sh $(GPU_CHECK_ARGS)
+
+gpu-check-clips: venv system-deps
+	$(PY) -m mambaserve.kernels.gpu_check --prepare-clips
+
+gpu-check-dry-run: venv
+	$(PY) -m mambaserve.kernels.gpu_check --dry-run --out-dir /tmp/gpu_check_dry_run
 
 soak: venv
 	$(PY) -m mambaserve.loadtest.soak
