@@ -69,8 +69,13 @@ eval-data: venv system-deps
 train: venv system-deps
 	$(PY) -m mambaserve.training.make_default --out $(CHECKPOINT)
 
+# Every test set x {mambaserve, pocketsphinx, Whisper tiny.en} -> benchmarks/ACCURACY.md (+ accuracy.json);
+# e.g. make evaluate EVALUATE_ARGS="--limit 50". One checkpoint on one set: python -m mambaserve.training.evaluate.
+EVAL_CORPUS ?= data/corpus2
+EVAL_DIR ?= data/eval
+EVALUATE_ARGS ?=
 evaluate: venv
-	$(PY) -m mambaserve.training.evaluate --checkpoint $(CHECKPOINT) --manifest data/corpus/test_espeak.jsonl
+	$(PY) -m mambaserve.training.accuracy --checkpoint $(CHECKPOINT) --corpus $(EVAL_CORPUS) --eval-dir $(EVAL_DIR) $(EVALUATE_ARGS)
 
 repo: venv
 	$(PY) -m mambaserve.build --checkpoint $(CHECKPOINT) --out $(REPO)
