@@ -20,6 +20,7 @@ import copy
 
 import torch
 import torch.nn.functional as F
+from mambaserve.kernels.scan_cpu import softplus_exportable
 from mambaserve.model.decoder import TranscriptDecoder
 from mambaserve.model.mamba import MambaBlock
 from mambaserve.model.network import SpeechMamba
@@ -64,19 +65,6 @@ def _rms_norm(norm: nn.RMSNorm, x: Tensor) -> Tensor:
     return x / torch.sqrt(x.pow(2).mean(-1, keepdim=True) + eps) * norm.weight
 
 
-def _softplus(x: Tensor) -> Tensor:
-    """relu(x) + log1p(exp(-|x|)), accurate for the small step sizes Mamba uses.
-
-    ONNX has no Log1p; log1p(e) is computed as e * log(u) / (u - 1) with u = 1 + e (Goldberg), a few
-    ulps from exact, where log(1 + e) would be ~1e-4 off in relative terms for e ~ 1e-3. ONNX
-    Runtime's own Softplus kernel is a scalar loop (~14 ns per element here); these ops vectorise.
-    """
-    e = torch.exp(-x.abs())
-    u = 1 + e
-    d = u - 1
-    return torch.relu(x) + torch.where(d == 0, e, torch.log(u) * (e / d))
-
-
 def block_step(block: MambaBlock, x: Tensor, conv: Tensor, ssm: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """``MambaBlock.step`` without in-place updates: x [B, d_model], conv [B, d_inner, d_conv-1],
     ssm [B, d_inner, d_state] -> (y, conv', ssm'). Same arithmetic as the kernels' CPU path."""
@@ -84,7 +72,7 @@ def block_step(block: MambaBlock, x: Tensor, conv: Tensor, ssm: Tensor) -> tuple
     window = torch.cat([conv, xi.unsqueeze(-1)], dim=-1)  # [B, d_inner, d_conv]
     xc = F.silu((window * block.conv_weight).sum(-1) + block.conv_bias)
     dt, B, C = block._ssm_inputs(xc)
-    dt = _softplus(dt + block.dt_proj.bias)
+    dt = softplus_exportable(dt + block.dt_proj.bias)
     A = -torch.exp(block.A_log.float())  # a constant of the graph
     # Both [B, d_inner, d_state] products are K=1 MatMuls, not broadcasting Muls: ONNX Runtime walks a
     # broadcast [B, D, 1] x [D, N] in spans of N (16) floats, 25% of a step at batch 16; a MatMul by
