@@ -60,6 +60,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from types import ModuleType, SimpleNamespace
 
+from mambaserve.contract.spec import SAMPLE_RATE
+
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CLIPS = ROOT / ".cache" / "gpu_check" / "clips.npz"
 RESULTS_JSON = "gpu_check_results.json"
@@ -98,9 +100,22 @@ RESERVE_S = {
 
 # Python packages installed here but absent on the device machine: the dry run refuses them.
 DEVICE_ABSENT = (
-    "librosa", "soundfile", "soxr", "audioread", "jiwer", "wordfreq", "tritonclient", "pytriton",
-    "mamba_ssm", "causal_conv1d", "tensorrt", "piper", "pocketsphinx", "locust", "gevent",
-)  # fmt: skip
+    "librosa",
+    "soundfile",
+    "soxr",
+    "audioread",
+    "jiwer",
+    "wordfreq",
+    "tritonclient",
+    "pytriton",
+    "mamba_ssm",
+    "causal_conv1d",
+    "tensorrt",
+    "piper",
+    "pocketsphinx",
+    "locust",
+    "gevent",
+)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -140,13 +155,16 @@ def project_parts() -> SimpleNamespace:
         ("mambaserve.training.inference", "Recognizer"),
     )
     load_checkpoint, ckpt_at = find(
-        "load_checkpoint", ("mambaserve.model.checkpoint", "load_checkpoint"),
+        "load_checkpoint",
+        ("mambaserve.model.checkpoint", "load_checkpoint"),
         ("mambaserve.training.checkpoint", "load_checkpoint"),
-    )  # fmt: skip
+    )
     return SimpleNamespace(
-        SlotPool=SlotPool, Recognizer=Recognizer, load_checkpoint=load_checkpoint,
+        SlotPool=SlotPool,
+        Recognizer=Recognizer,
+        load_checkpoint=load_checkpoint,
         where={"SlotPool": pool_at, "Recognizer": rec_at, "load_checkpoint": ckpt_at, "librosa": _LIBROSA[0]},
-    )  # fmt: skip
+    )
 
 
 def _in_this_checkout(module: str) -> bool:
@@ -297,36 +315,75 @@ class Plan:
 
 
 REAL = Plan(
-    dim=1536, dstate=16, width=4,
-    check_scan=((3, 1536, 16, 777), (2, 301, 7, 129)), check_slots=64, check_rows=12, check_conv_len=513,
+    dim=1536,
+    dstate=16,
+    width=4,
+    check_scan=((3, 1536, 16, 777), (2, 301, 7, 129)),
+    check_slots=64,
+    check_rows=12,
+    check_conv_len=513,
     scan_shapes=(  # the goals' shapes first (64 x 16k: bandwidth; 4 x 16k: vs the PyTorch path)
-        (64, 16384), (64, 1024),
-        (4, 16384), (4, 4096), (4, 1024), (4, 256), (4, 64),
-        (16, 16384), (16, 1024),
-        (256, 4096), (256, 1024), (256, 64),
-        (1, 16384), (1, 1024),
+        (64, 16384),
+        (64, 1024),
+        (4, 16384),
+        (4, 4096),
+        (4, 1024),
+        (4, 256),
+        (4, 64),
+        (16, 16384),
+        (16, 1024),
+        (256, 4096),
+        (256, 1024),
+        (256, 64),
+        (1, 16384),
+        (1, 1024),
     ),
     scan_extra_shape=(16, 16384),
     conv_shapes=((1, 1024), (4, 16384), (64, 4096)),
     decode_batches=(1, 2, 4, 8, 16, 32, 64, 128, 256),
-    torch_max_tokens=65536, compile_chunk=16, compile_backend="inductor",
-    copy_bytes=2 << 30, reps_cap=50, rep_budget_s=0.25,
-    sessions=10_000, pool_slots=12_000,
-    rec_batch=64, rec_extra_batches=(256,), rec_max_clips=None, clip_max_s=None, warmup_max_s=None, budget_s=420.0,
-)  # fmt: skip
+    torch_max_tokens=65536,
+    compile_chunk=16,
+    compile_backend="inductor",
+    copy_bytes=2 << 30,
+    reps_cap=50,
+    rep_budget_s=0.25,
+    sessions=10_000,
+    pool_slots=12_000,
+    rec_batch=64,
+    rec_extra_batches=(256,),
+    rec_max_clips=None,
+    clip_max_s=None,
+    warmup_max_s=None,
+    budget_s=420.0,
+)
 
 DRY = Plan(
-    dim=20, dstate=16, width=4,
-    check_scan=((2, 37, 16, 11), (2, 21, 7, 9)), check_slots=9, check_rows=5, check_conv_len=13,
+    dim=20,
+    dstate=16,
+    width=4,
+    check_scan=((2, 37, 16, 11), (2, 21, 7, 9)),
+    check_slots=9,
+    check_rows=5,
+    check_conv_len=13,
     scan_shapes=((1, 16), (1, 8), (3, 8)),
     scan_extra_shape=(3, 8),
     conv_shapes=((2, 16),),
     decode_batches=(1, 3),
-    torch_max_tokens=16, compile_chunk=4, compile_backend="eager",
-    copy_bytes=1 << 20, reps_cap=3, rep_budget_s=0.02,
-    sessions=12, pool_slots=16,
-    rec_batch=2, rec_extra_batches=(), rec_max_clips=2, clip_max_s=0.3, warmup_max_s=0.1, budget_s=900.0,
-)  # fmt: skip
+    torch_max_tokens=16,
+    compile_chunk=4,
+    compile_backend="eager",
+    copy_bytes=1 << 20,
+    reps_cap=3,
+    rep_budget_s=0.02,
+    sessions=12,
+    pool_slots=16,
+    rec_batch=2,
+    rec_extra_batches=(),
+    rec_max_clips=2,
+    clip_max_s=0.3,
+    warmup_max_s=0.1,
+    budget_s=900.0,
+)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -355,12 +412,14 @@ class Run:
             "command": " ".join(sys.argv),
             "plan": asdict(plan),
             "ceilings": {
-                "hbm_datasheet_Bps": HBM_DATASHEET_BPS, "hbm_source": HBM_SOURCE,
-                "copy_seen_before_Bps": COPY_SEEN_BPS, "copy_seen_source": COPY_SEEN_SOURCE,
+                "hbm_datasheet_Bps": HBM_DATASHEET_BPS,
+                "hbm_source": HBM_SOURCE,
+                "copy_seen_before_Bps": COPY_SEEN_BPS,
+                "copy_seen_source": COPY_SEEN_SOURCE,
                 "copy_measured_Bps": None,
             },
             "steps": {},
-        }  # fmt: skip
+        }
 
     # -- time ------------------------------------------------------------------------------------
     def elapsed(self) -> float:
@@ -551,8 +610,12 @@ def rel_err(a, b) -> float:
 def _cpu64(kw: dict) -> dict:
     import torch
 
-    return {k: (v.detach().cpu().double() if v.is_floating_point() else v.detach().cpu())
-            if isinstance(v, torch.Tensor) else v for k, v in kw.items()}  # fmt: skip
+    return {
+        k: (v.detach().cpu().double() if v.is_floating_point() else v.detach().cpu())
+        if isinstance(v, torch.Tensor)
+        else v
+        for k, v in kw.items()
+    }
 
 
 # ------------------------------------------------------------------------------------------------
@@ -631,8 +694,17 @@ def step_correctness(run: Run, dev: Dev) -> None:
         b, dim, n, slots = plan.check_rows, plan.check_scan[0][1], plan.dstate, plan.check_slots
         sname = "bf16" if state_dtype == torch.bfloat16 else "fp32"
         shape = f"rows{b} slots{slots} D{dim} N{n} state {sname}{' strided' if strided else ''}"
-        kw = inputs.state_update_inputs(b, dim, n, n_slots=slots, dtype=dtype, state_dtype=state_dtype,
-                                        strided=strided, seed=next_seed(), device=d)  # fmt: skip
+        kw = inputs.state_update_inputs(
+            b,
+            dim,
+            n,
+            n_slots=slots,
+            dtype=dtype,
+            state_dtype=state_dtype,
+            strided=strided,
+            seed=next_seed(),
+            device=d,
+        )
         g = torch.Generator().manual_seed(next_seed())
         idx = torch.randperm(slots, generator=g)[:b].to(torch.int32)
         pad_row = b // 2
@@ -653,10 +725,24 @@ def step_correctness(run: Run, dev: Dev) -> None:
         untouched = torch.equal(kw["state"][unused], before[unused])
         pad_zero = bool((out[pad_row] == 0).all())
         stol = STATE_TOL if state_dtype == torch.float32 else TOL["bf16"]
-        add("state_update slots + pad: out", dname, shape, e, TOL[dname], e < TOL[dname] and pad_zero,
-            f"pad row zeros: {pad_zero}")  # fmt: skip
-        add("state_update slots + pad: state", dname, shape, e_state, stol, e_state < stol and untouched,
-            f"other slots bit-unchanged: {untouched}")  # fmt: skip
+        add(
+            "state_update slots + pad: out",
+            dname,
+            shape,
+            e,
+            TOL[dname],
+            e < TOL[dname] and pad_zero,
+            f"pad row zeros: {pad_zero}",
+        )
+        add(
+            "state_update slots + pad: state",
+            dname,
+            shape,
+            e_state,
+            stol,
+            e_state < stol and untouched,
+            f"other slots bit-unchanged: {untouched}",
+        )
         # An index outside the pool: on a GPU the kernel guards (NaN row, no slot touched); indices on
         # the CPU are validated before launch instead (ValueError), which is what the dry run sees.
         bad = idx.clone()
@@ -668,21 +754,44 @@ def step_correctness(run: Run, dev: Dev) -> None:
         except ValueError as err:
             if dev.cuda:
                 raise
-            add("state_update out-of-range slot", dname, shape, None, None, "must be in" in str(err),
-                "CPU indices: ValueError before launch (the GPU guard needs a GPU)")  # fmt: skip
+            add(
+                "state_update out-of-range slot",
+                dname,
+                shape,
+                None,
+                None,
+                "must be in" in str(err),
+                "CPU indices: ValueError before launch (the GPU guard needs a GPU)",
+            )
             return
         dev.sync()
         rows_ok = bool(out[0].isnan().all()) and not out[1:].isnan().any()
         others = [i for i in range(slots) if i not in set(bad[1:].tolist())]
         spared = torch.equal(kw["state"][others], before[others])
-        add("state_update out-of-range slot", dname, shape, None, None, rows_ok and spared,
-            f"NaN row only: {rows_ok}; no other slot touched: {spared}")  # fmt: skip
+        add(
+            "state_update out-of-range slot",
+            dname,
+            shape,
+            None,
+            None,
+            rows_ok and spared,
+            f"NaN row only: {rows_ok}; no other slot touched: {spared}",
+        )
 
     def conv_checks(dname, dtype, strided):
         b, dim, w, slots = plan.check_rows, plan.check_scan[0][1], plan.width, plan.check_slots
         shape = f"rows{b} slots{slots} D{dim} W{w}{' strided' if strided else ''}"
-        kw = inputs.conv_inputs(b, dim, w, n_slots=slots, dtype=dtype, state_dtype=torch.float32,
-                                strided=strided, seed=next_seed(), device=d)  # fmt: skip
+        kw = inputs.conv_inputs(
+            b,
+            dim,
+            w,
+            n_slots=slots,
+            dtype=dtype,
+            state_dtype=torch.float32,
+            strided=strided,
+            seed=next_seed(),
+            device=d,
+        )
         g = torch.Generator().manual_seed(next_seed())
         idx = torch.randperm(slots, generator=g)[:b].to(torch.int32)
         pad_row = 1
@@ -702,10 +811,24 @@ def step_correctness(run: Run, dev: Dev) -> None:
         unused = sorted(set(range(slots)) - set(used.tolist()))
         untouched = torch.equal(kw["conv_state"][unused], before[unused])
         pad_zero = bool((out[pad_row] == 0).all())
-        add("conv_update slots + pad: out", dname, shape, e, TOL[dname], e < TOL[dname] and pad_zero,
-            f"pad row zeros: {pad_zero}")  # fmt: skip
-        add("conv_update slots + pad: state", dname, shape, e_state, STATE_TOL, e_state < STATE_TOL and untouched,
-            f"other slots bit-unchanged: {untouched}")  # fmt: skip
+        add(
+            "conv_update slots + pad: out",
+            dname,
+            shape,
+            e,
+            TOL[dname],
+            e < TOL[dname] and pad_zero,
+            f"pad row zeros: {pad_zero}",
+        )
+        add(
+            "conv_update slots + pad: state",
+            dname,
+            shape,
+            e_state,
+            STATE_TOL,
+            e_state < STATE_TOL and untouched,
+            f"other slots bit-unchanged: {untouched}",
+        )
 
     def conv_fn_checks(dname, dtype, strided):
         b, dim, w, length = 2, plan.check_scan[0][1], plan.width, plan.check_conv_len
@@ -723,8 +846,15 @@ def step_correctness(run: Run, dev: Dev) -> None:
             written = not out.isnan().any()
             e, e_final = rel_err(out, r), rel_err(final, r_final)
             ok = written and e < TOL[dname] and e_final < TOL[dname]
-            add(f"causal_conv1d_fn {'with' if initial else 'no'} initial_states", dname, shape, e, TOL[dname], ok,
-                f"final states err {e_final:.1e}; all written: {written}")  # fmt: skip
+            add(
+                f"causal_conv1d_fn {'with' if initial else 'no'} initial_states",
+                dname,
+                shape,
+                e,
+                TOL[dname],
+                ok,
+                f"final states err {e_final:.1e}; all written: {written}",
+            )
 
     def decode_equals_scan(dname, dtype):
         b, dim, n, length = 2, plan.check_scan[1][1], plan.dstate, 12
@@ -735,10 +865,21 @@ def step_correctness(run: Run, dev: Dev) -> None:
         slots = torch.tensor([3, 1], dtype=torch.int32, device=d)
         steps = []
         for t in range(length):
-            steps.append(selective_state_update_triton(
-                pool, kw["u"][..., t], kw["delta"][..., t], kw["A"], kw["B"][..., t], kw["C"][..., t], kw["D"],
-                kw["z"][..., t], dt_bias=kw["delta_bias"], dt_softplus=True, state_batch_indices=slots,
-            ))  # fmt: skip
+            steps.append(
+                selective_state_update_triton(
+                    pool,
+                    kw["u"][..., t],
+                    kw["delta"][..., t],
+                    kw["A"],
+                    kw["B"][..., t],
+                    kw["C"][..., t],
+                    kw["D"],
+                    kw["z"][..., t],
+                    dt_bias=kw["delta_bias"],
+                    dt_softplus=True,
+                    state_batch_indices=slots,
+                )
+            )
         dev.sync()
         e = rel_err(torch.stack(steps, -1).float(), y.float())
         e_h = rel_err(pool[slots.long()], h)
@@ -757,8 +898,12 @@ def step_correctness(run: Run, dev: Dev) -> None:
             checks = []
             for i, (b, dim, n, length) in enumerate(plan.check_scan):
                 for strided in (True, False) if i == 0 else (False,):
-                    checks.append((f"scan {dname} {b}x{dim}x{n}x{length}{' strided' if strided else ''}",
-                                   lambda a=(dname, dtype, b, dim, n, length, strided): scan_checks(*a)))  # fmt: skip
+                    checks.append(
+                        (
+                            f"scan {dname} {b}x{dim}x{n}x{length}{' strided' if strided else ''}",
+                            lambda a=(dname, dtype, b, dim, n, length, strided): scan_checks(*a),
+                        )
+                    )
             checks.append(
                 (
                     f"state update {dname}",
@@ -943,8 +1088,10 @@ def step_kernel_timings(run: Run, dev: Dev) -> None:
                 f"skipped: batch*L > {plan.torch_max_tokens} (the PyTorch scan keeps every chunk's states)"
             )
         scan_rows.append(row)
-        run.log(f"  scan {dname} B{b:<4d} L{length:<6d} {layout:10} {row['ms']:9.3f} ms {row['TBps']:7.3f} TB/s "
-                f"{row['pct_hbm']:6.1f}% HBM  torch {row.get('torch_ms')}  [{row['config']}]")  # fmt: skip
+        run.log(
+            f"  scan {dname} B{b:<4d} L{length:<6d} {layout:10} {row['ms']:9.3f} ms {row['TBps']:7.3f} TB/s "
+            f"{row['pct_hbm']:6.1f}% HBM  torch {row.get('torch_ms')}  [{row['config']}]"
+        )
 
     for b, length in plan.scan_shapes:
         guarded(
@@ -988,8 +1135,10 @@ def step_kernel_timings(run: Run, dev: Dev) -> None:
         tt = dev.time(lambda: causal_conv1d_update_torch(**cu, conv_state_indices=idx), run)
         crow["torch_ms"], crow["x_torch"] = round(tt["ms"], 5), round(tt["ms"] / crow["ms"], 2)
         decode_rows.append(crow)
-        run.log(f"  decode B{batch:<4d} state_update {row['ms'] * 1e3:8.1f} us (graph {row['graph_ms']}) "
-                f"torch {row['torch_ms'] * 1e3:8.1f} us | conv_update {crow['ms'] * 1e3:8.1f} us")  # fmt: skip
+        run.log(
+            f"  decode B{batch:<4d} state_update {row['ms'] * 1e3:8.1f} us (graph {row['graph_ms']}) "
+            f"torch {row['torch_ms'] * 1e3:8.1f} us | conv_update {crow['ms'] * 1e3:8.1f} us"
+        )
 
     for batch in plan.decode_batches:
         guarded(f"decode kernels B{batch}", lambda batch=batch: decode_rows_for(batch))
@@ -1172,8 +1321,12 @@ def step_sessions(run: Run, dev: Dev, parts: SimpleNamespace) -> None:
     for i in range(sessions, sessions + len(range(0, sessions, 5))):
         pool.start(f"s{i}")
     keys = list(pool.live())
-    rec["pool"] = {"capacity": capacity, "live": len(keys), "setup_ms": round((time.perf_counter() - t0) * 1e3, 2),
-                   "class": parts.where["SlotPool"]}  # fmt: skip
+    rec["pool"] = {
+        "capacity": capacity,
+        "live": len(keys),
+        "setup_ms": round((time.perf_counter() - t0) * 1e3, 2),
+        "class": parts.where["SlotPool"],
+    }
 
     def lookup():
         with pool.lease(keys):
@@ -1226,8 +1379,12 @@ def step_sessions(run: Run, dev: Dev, parts: SimpleNamespace) -> None:
         "pad_row_zero": bool((got[-1] == 0).all()),
         "free_slots_bit_unchanged": bool(torch.equal(mine[free], state[free])),
     }
-    check["ok"] = (check["out_rel_err_vs_torch"] < TOL["bf16"] and check["state_rel_err_vs_torch"] < STATE_TOL
-                   and check["pad_row_zero"] and check["free_slots_bit_unchanged"])  # fmt: skip
+    check["ok"] = (
+        check["out_rel_err_vs_torch"] < TOL["bf16"]
+        and check["state_rel_err_vs_torch"] < STATE_TOL
+        and check["pad_row_zero"]
+        and check["free_slots_bit_unchanged"]
+    )
     rec["check"] = check
     run.log(f"  {sessions} sessions, kernel vs PyTorch path: {check}")
     del mine, theirs, got, want
@@ -1297,10 +1454,14 @@ def step_sessions(run: Run, dev: Dev, parts: SimpleNamespace) -> None:
     finite = bool(torch.isfinite(logits[:-1]).all())
     t = dev.time(decoder_step, run, reps_cap=20, flush=False)
     rec["decoder"] = {
-        "layers": mc.n_layers, "d_inner": mc.d_inner, "sessions": sessions, "ms": round(t["ms"], 4),
-        "tokens_per_s": round(sessions / (t["ms"] * 1e-3)), "logits_finite": finite,
+        "layers": mc.n_layers,
+        "d_inner": mc.d_inner,
+        "sessions": sessions,
+        "ms": round(t["ms"], 4),
+        "tokens_per_s": round(sessions / (t["ms"] * 1e-3)),
+        "logits_finite": finite,
         "note": "embedding + 3 Mamba layers (projections, conv update, state update on the pool) + head; no search",
-    }  # fmt: skip
+    }
     run.log(
         f"  checkpoint decoder step x{sessions}: {t['ms']:.3f} ms = {rec['decoder']['tokens_per_s']} tokens/s"
     )
@@ -1356,7 +1517,7 @@ def transcribe_timed(rec_obj, dev: Dev, audio: list) -> tuple[list[str], dict]:
     return texts, {"features_s": t1 - t0, "encode_s": t2 - t1, "decode_s": t3 - t2, "total_s": t3 - t0}
 
 
-def load_clips(path: Path, sample_rate: int = 16_000) -> dict:
+def load_clips(path: Path, sample_rate: int = SAMPLE_RATE) -> dict:
     import numpy as np
 
     with np.load(path, allow_pickle=False) as z:
@@ -1366,8 +1527,14 @@ def load_clips(path: Path, sample_rate: int = 16_000) -> dict:
     audio = [
         audio16[offsets[i] : offsets[i + 1]].astype(np.float32) / 32768.0 for i in range(len(offsets) - 1)
     ]
-    return {"audio": audio, "texts": texts, "cpu": cpu, "meta": meta, "source": str(path),
-            "seconds": sum(len(a) for a in audio) / sample_rate}  # fmt: skip
+    return {
+        "audio": audio,
+        "texts": texts,
+        "cpu": cpu,
+        "meta": meta,
+        "source": str(path),
+        "seconds": sum(len(a) for a in audio) / sample_rate,
+    }
 
 
 def sample_clips() -> dict:
@@ -1384,8 +1551,14 @@ def sample_clips() -> dict:
             audio.append(
                 np.frombuffer(wf.readframes(wf.getnframes()), dtype="<i2").astype(np.float32) / 32768.0
             )
-    return {"audio": audio, "texts": [it["text"] for it in items], "cpu": None, "meta": {}, "seconds":
-            sum(len(a) for a in audio) / 16_000, "source": f"{folder} (fallback: no prepared clips)"}  # fmt: skip
+    return {
+        "audio": audio,
+        "texts": [it["text"] for it in items],
+        "cpu": None,
+        "meta": {},
+        "seconds": sum(len(a) for a in audio) / SAMPLE_RATE,
+        "source": f"{folder} (fallback: no prepared clips)",
+    }
 
 
 def _gpu_kernels(dev: Dev):
@@ -1405,10 +1578,12 @@ def step_recognizer(run: Run, dev: Dev, parts: SimpleNamespace, clips_path: Path
     meta = clips["meta"]
     batch_size = int(meta.get("batch_size", plan.rec_batch))
     if plan.clip_max_s:  # dry run: a few short clips, and the CPU path's transcripts of those made here
-        clips["audio"] = [a[: int(plan.clip_max_s * 16_000)] for a in clips["audio"][: plan.rec_max_clips]]
+        clips["audio"] = [
+            a[: int(plan.clip_max_s * SAMPLE_RATE)] for a in clips["audio"][: plan.rec_max_clips]
+        ]
         clips["texts"] = clips["texts"][: plan.rec_max_clips]
         batch_size = plan.rec_batch
-        clips["seconds"] = sum(len(a) for a in clips["audio"]) / 16_000
+        clips["seconds"] = sum(len(a) for a in clips["audio"]) / SAMPLE_RATE
         clips["cpu"] = None
         rec["clips_cut_to_s"] = plan.clip_max_s
     cpu_recognizer: list = []  # made once, when needed
@@ -1425,22 +1600,35 @@ def step_recognizer(run: Run, dev: Dev, parts: SimpleNamespace, clips_path: Path
             for batch in length_batches([len(a) for a in clips["audio"]], batch_size):
                 for i, text in zip(batch, rec_cpu.transcribe([clips["audio"][i] for i in batch])):
                     clips["cpu"][i] = text
-        meta = meta | {"made": f"{_now_iso()}, in this run", "torch": torch.__version__, "host": platform.node(),
-                       "threads": torch.get_num_threads()}  # fmt: skip
+        meta = meta | {
+            "made": f"{_now_iso()}, in this run",
+            "torch": torch.__version__,
+            "host": platform.node(),
+            "threads": torch.get_num_threads(),
+        }
     cpu_ref = clips["cpu"]
-    rec.update(clips=clips["source"], n_clips=len(clips["audio"]), audio_s=round(clips["seconds"], 2),
-               batch_size=batch_size, checkpoint_digest=digest, recognizer=parts.where["Recognizer"])  # fmt: skip
+    rec.update(
+        clips=clips["source"],
+        n_clips=len(clips["audio"]),
+        audio_s=round(clips["seconds"], 2),
+        batch_size=batch_size,
+        checkpoint_digest=digest,
+        recognizer=parts.where["Recognizer"],
+    )
     if meta.get("checkpoint_digest") not in (None, digest):
-        rec["warning"] = (f"the clips' CPU transcripts were made with checkpoint {meta.get('checkpoint_digest')}, "
-                          f"this run has {digest}: agreement is not meaningful")  # fmt: skip
+        rec["warning"] = (
+            f"the clips' CPU transcripts were made with checkpoint {meta.get('checkpoint_digest')}, "
+            f"this run has {digest}: agreement is not meaningful"
+        )
         run.log("  WARNING: " + rec["warning"])
     rec["cpu_reference"] = (
         {k: meta.get(k) for k in ("made", "torch", "host", "threads", "cpu_rtfx")} if cpu_ref else None
     )
     rec["settings"] = {
-        "cuda_matmul_allow_tf32": torch.backends.cuda.matmul.allow_tf32, "cudnn_allow_tf32": torch.backends.cudnn.allow_tf32,
+        "cuda_matmul_allow_tf32": torch.backends.cuda.matmul.allow_tf32,
+        "cudnn_allow_tf32": torch.backends.cudnn.allow_tf32,
         "decoding": None,
-    }  # fmt: skip
+    }
     batches = length_batches([len(a) for a in clips["audio"]], batch_size)
 
     with _gpu_kernels(dev):
@@ -1449,7 +1637,7 @@ def step_recognizer(run: Run, dev: Dev, parts: SimpleNamespace, clips_path: Path
         # Warm-up: every batch once, untimed (each new length can be a new Triton specialisation, so
         # compiles would otherwise land in the timed pass), while it takes under 40 % of the step's time.
         t0 = time.perf_counter()
-        cut = int(plan.warmup_max_s * 16_000) if plan.warmup_max_s else None
+        cut = int(plan.warmup_max_s * SAMPLE_RATE) if plan.warmup_max_s else None
         first_pass: dict[int, str] = {}
         warmed = 0
         for batch in batches:
@@ -1477,12 +1665,18 @@ def step_recognizer(run: Run, dev: Dev, parts: SimpleNamespace, clips_path: Path
                 totals[k] += times[k]
             done += len(batch)
         scored = [i for b in batches[: len(batches)] for i in b][:done]
-        audio_s = sum(len(clips["audio"][i]) for i in scored) / 16_000
-        rec["timed"] = {"clips": done, "audio_s": round(audio_s, 2), **{k: round(v, 3) for k, v in totals.items()},
-                        "rtfx": round(audio_s / totals["total_s"], 1) if totals["total_s"] else None}  # fmt: skip
-        run.log(f"  GPU recognizer: {done} clips, {audio_s:.1f} s of audio in {totals['total_s']:.2f} s: "
-                f"RTFx {rec['timed']['rtfx']} (features {totals['features_s']:.2f} s, encode {totals['encode_s']:.2f} s, "
-                f"decode {totals['decode_s']:.2f} s)")  # fmt: skip
+        audio_s = sum(len(clips["audio"][i]) for i in scored) / SAMPLE_RATE
+        rec["timed"] = {
+            "clips": done,
+            "audio_s": round(audio_s, 2),
+            **{k: round(v, 3) for k, v in totals.items()},
+            "rtfx": round(audio_s / totals["total_s"], 1) if totals["total_s"] else None,
+        }
+        run.log(
+            f"  GPU recognizer: {done} clips, {audio_s:.1f} s of audio in {totals['total_s']:.2f} s: "
+            f"RTFx {rec['timed']['rtfx']} (features {totals['features_s']:.2f} s, encode {totals['encode_s']:.2f} s, "
+            f"decode {totals['decode_s']:.2f} s)"
+        )
         # agreement
         refs = [clips["texts"][i] for i in scored]
         gpu_s = [gpu[i] for i in scored]
@@ -1494,12 +1688,17 @@ def step_recognizer(run: Run, dev: Dev, parts: SimpleNamespace, clips_path: Path
             cpu_s = [cpu_ref[i] for i in scored]
             same = [g == c for g, c in zip(gpu_s, cpu_s)]
             agree.update(
-                equal=sum(same), of=len(same), equal_fraction=round(sum(same) / max(len(same), 1), 4),
+                equal=sum(same),
+                of=len(same),
+                equal_fraction=round(sum(same) / max(len(same), 1), 4),
                 cer_gpu_vs_cpu=round(error_rate(gpu_s, cpu_s, False), 5),
                 cpu_wer_vs_text=round(error_rate(cpu_s, refs, True), 4),
-                differing=[{"clip": i, "text": clips["texts"][i], "cpu": cpu_ref[i], "gpu": gpu[i]}
-                           for i, s in zip(scored, same) if not s][:8],
-            )  # fmt: skip
+                differing=[
+                    {"clip": i, "text": clips["texts"][i], "cpu": cpu_ref[i], "gpu": gpu[i]}
+                    for i, s in zip(scored, same)
+                    if not s
+                ][:8],
+            )
             run.log(
                 f"  transcripts equal to the CPU path: {agree['equal']}/{agree['of']} (CER between them {agree['cer_gpu_vs_cpu']})"
             )
@@ -1551,66 +1750,6 @@ def step_recognizer(run: Run, dev: Dev, parts: SimpleNamespace, clips_path: Path
 
 
 # ------------------------------------------------------------------------------------------------
-# --prepare-clips (CPU machine with espeak-ng): audio, texts and the CPU path's transcripts
-# ------------------------------------------------------------------------------------------------
-def prepare_clips(path: Path, n_clips: int, max_words: int, batch_size: int, workers: int) -> None:
-    import random
-    import tempfile
-
-    import numpy as np
-    import soundfile as sf
-    import torch
-    from mambaserve.training.synth import sample_espeak_voice, synth_espeak_many
-    from mambaserve.training.text_corpus import sentence_splits, stable_fraction
-
-    parts = project_parts()
-    t0 = time.perf_counter()
-    pool = [s for s in sentence_splits().test if len(s.split()) <= max_words]
-    pool.sort(key=lambda s: stable_fraction("gpu-check-clip", s))
-    texts = pool[:n_clips]
-    if len(texts) < n_clips:
-        raise SystemExit(f"--prepare-clips: only {len(texts)} test sentences of <= {max_words} words")
-    voices = [sample_espeak_voice(random.Random(f"gpu-check:{i}"), heldout=True) for i in range(n_clips)]
-    with tempfile.TemporaryDirectory() as tmp:
-        jobs = [(t, v, Path(tmp) / f"{i:04d}.wav") for i, (t, v) in enumerate(zip(texts, voices))]
-        durations = synth_espeak_many(jobs, workers=workers)
-        if any(x is None for x in durations):
-            raise SystemExit("--prepare-clips: espeak-ng failed on some clips")
-        audio16 = [sf.read(str(p), dtype="int16")[0] for _, _, p in jobs]
-    print(
-        f"synthesised {n_clips} clips ({sum(durations):.1f} s of audio) in {time.perf_counter() - t0:.1f} s",
-        flush=True,
-    )
-
-    ckpt_dir = ROOT / "checkpoints" / "default"
-    with env(MAMBASERVE_KERNELS_BACKEND="torch"):
-        rec = parts.Recognizer(ckpt_dir, device="cpu")
-        cpu = [""] * n_clips
-        t1 = time.perf_counter()
-        for batch in length_batches([len(a) for a in audio16], batch_size):
-            for i, text in zip(
-                batch, rec.transcribe([audio16[i].astype(np.float32) / 32768.0 for i in batch])
-            ):
-                cpu[i] = text
-        cpu_s = time.perf_counter() - t1
-    seconds = sum(len(a) for a in audio16) / 16_000
-    meta = {
-        "made": _now_iso(), "checkpoint_digest": checkpoint_digest(ckpt_dir), "batch_size": batch_size,
-        "torch": torch.__version__, "host": platform.node(), "threads": torch.get_num_threads(),
-        "cpu_rtfx": round(seconds / cpu_s, 1), "voices": [v.name for v in voices], "recognizer": parts.where["Recognizer"],
-        "cpu_wer_vs_text": round(error_rate(cpu, texts, True), 4),
-    }  # fmt: skip
-    path.parent.mkdir(parents=True, exist_ok=True)
-    offsets = np.cumsum([0, *[len(a) for a in audio16]]).astype(np.int64)
-    tmp_path = path.with_name(path.name + ".tmp.npz")
-    np.savez_compressed(tmp_path, audio=np.concatenate(audio16).astype(np.int16), offsets=offsets,
-                        texts=np.array(texts), cpu_transcripts=np.array(cpu), meta=np.array(json.dumps(meta)))  # fmt: skip
-    tmp_path.replace(path)
-    print(f"CPU transcripts: RTFx {meta['cpu_rtfx']} ({cpu_s:.1f} s), WER vs text {meta['cpu_wer_vs_text']}")
-    print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB, {n_clips} clips, {seconds:.1f} s of audio)")
-
-
-# ------------------------------------------------------------------------------------------------
 # Goals and the Markdown table
 # ------------------------------------------------------------------------------------------------
 def goals(data: dict) -> list[dict]:
@@ -1626,9 +1765,12 @@ def goals(data: dict) -> list[dict]:
     sweep = [r for r in steps.get("kernel_timings", {}).get("scan", []) if r.get("sweep")]
     scans = [r for r in sweep if r["L"] == max(x["L"] for x in sweep)]
     best = max(scans, key=lambda r: r["pct_hbm"], default=None)
-    goal("selective scan prefill, long sequences: share of HBM bandwidth", ">= 80 %",
-         None if best is None else f"{best['pct_hbm']} % (B{best['batch']} L{best['L']})",
-         best is not None and best["pct_hbm"] >= 80)  # fmt: skip
+    goal(
+        "selective scan prefill, long sequences: share of HBM bandwidth",
+        ">= 80 %",
+        None if best is None else f"{best['pct_hbm']} % (B{best['batch']} L{best['L']})",
+        best is not None and best["pct_hbm"] >= 80,
+    )
     vs = [r for r in scans if r.get("x_torch")]
     top = max(vs, key=lambda r: r["batch"], default=None)
     goal(
@@ -1640,8 +1782,12 @@ def goals(data: dict) -> list[dict]:
     srow = next(
         (r for r in steps.get("sessions", {}).get("rows", []) if r["what"] == "selective_state_update"), None
     )
-    goal(f"state update, {srow['sessions'] if srow else 10_000} sessions: share of HBM bandwidth", ">= 70 %",
-         None if srow is None else f"{srow['pct_hbm']} %", srow is not None and srow["pct_hbm"] >= 70)  # fmt: skip
+    goal(
+        f"state update, {srow['sessions'] if srow else 10_000} sessions: share of HBM bandwidth",
+        ">= 70 %",
+        None if srow is None else f"{srow['pct_hbm']} %",
+        srow is not None and srow["pct_hbm"] >= 70,
+    )
     r4 = steps.get("recognizer", {})
     rtfx = r4.get("timed", {}).get("rtfx")
     goal(
@@ -1679,20 +1825,26 @@ def render_markdown(data: dict) -> str:
     add("# GPU check results (`python -m mambaserve.kernels.gpu_check`)")
     add("")
     if data.get("dry_run"):
-        add("**DRY RUN on a CPU under the Triton interpreter, tiny shapes: every number below is meaningless; "
-            "it only shows that the script runs end to end. Nothing here was measured on a GPU.**")  # fmt: skip
+        add(
+            "**DRY RUN on a CPU under the Triton interpreter, tiny shapes: every number below is meaningless; "
+            "it only shows that the script runs end to end. Nothing here was measured on a GPU.**"
+        )
         add("")
-    add(f"Run {data.get('started')} on {env_.get('device', '?')} ({env_.get('sm_count', '?')} SMs, "
+    add(
+        f"Run {data.get('started')} on {env_.get('device', '?')} ({env_.get('sm_count', '?')} SMs, "
         f"L2 {_f(env_.get('l2_mb'), '{:.0f}')} MB, {_f(env_.get('memory_gb'), '{:.0f}')} GB); torch {env_.get('torch')}, "
         f"triton {env_.get('triton')}, driver {env_.get('driver', '?')}; {data.get('elapsed_s')} s of a "
-        f"{data.get('budget_s')} s budget.")  # fmt: skip
+        f"{data.get('budget_s')} s budget."
+    )
     copy = ceil.get("copy_measured_Bps")
-    add(f"Bandwidth ceiling: **{ceil.get('hbm_datasheet_Bps', 0) / 1e12:.1f} TB/s** ({ceil.get('hbm_source')}); "
+    add(
+        f"Bandwidth ceiling: **{ceil.get('hbm_datasheet_Bps', 0) / 1e12:.1f} TB/s** ({ceil.get('hbm_source')}); "
         f"this run's device-to-device copy: {_f(copy and copy / 1e12)} TB/s (read + write; "
         f"{ceil.get('copy_seen_before_Bps', 0) / 1e12:.1f} TB/s seen before: {ceil.get('copy_seen_source')}). "
         "`% HBM` is achieved bytes/s over the datasheet figure, `% copy` over this run's copy. Bytes are the "
         "fewest a kernel must move (each input read once, each output written once); rows marked L2 fit in "
-        "the L2 cache, so they measure more than HBM.")  # fmt: skip
+        "the L2 cache, so they measure more than HBM."
+    )
     add("")
     add("## Goals (issue 14)")
     add("")
@@ -1712,17 +1864,23 @@ def render_markdown(data: dict) -> str:
         add("| check | dtype | shape | rel. error | tolerance | ok | note |")
         add("|---|---|---|---:|---:|---|---|")
         for r in c.get("rows", []):
-            add(f"| {r['check']} | {r['dtype']} | {r['shape']} | {_f(r['rel_err'], '{:.1e}')} | {_f(r['tol'], '{:.0e}')} | "
-                f"{'yes' if r['ok'] else '**NO**'} | {r['note']} |")  # fmt: skip
+            add(
+                f"| {r['check']} | {r['dtype']} | {r['shape']} | {_f(r['rel_err'], '{:.1e}')} | {_f(r['tol'], '{:.0e}')} | "
+                f"{'yes' if r['ok'] else '**NO**'} | {r['note']} |"
+            )
         add("")
 
     k = steps.get("kernel_timings")
     if k:
-        add(f"## 2. Kernel timings ({k.get('elapsed_s')} s; CUDA events, median of repeats after warm-up, L2 flushed; "
-            f"torch.compile backend {k.get('compile_backend')})")  # fmt: skip
+        add(
+            f"## 2. Kernel timings ({k.get('elapsed_s')} s; CUDA events, median of repeats after warm-up, L2 flushed; "
+            f"torch.compile backend {k.get('compile_backend')})"
+        )
         add("")
-        add("d_inner 1536, d_state 16 at the real run's sizes; bf16 activations, fp32 states. `x torch` / `x compile`: "
-            "the PyTorch path's / torch.compile's time over the kernel's.")  # fmt: skip
+        add(
+            "d_inner 1536, d_state 16 at the real run's sizes; bf16 activations, fp32 states. `x torch` / `x compile`: "
+            "the PyTorch path's / torch.compile's time over the kernel's."
+        )
         add("")
         add(
             "| kernel | dtype | batch | L | layout | config | ms | TB/s | % HBM | % copy | first call s | torch ms | x torch | compile ms | x compile | rel. err vs torch / compile |"
@@ -1730,14 +1888,18 @@ def render_markdown(data: dict) -> str:
         add("|---|---|---:|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
         for r in k.get("scan", []) + k.get("conv_fn", []):
             l2 = " (L2)" if r.get("l2_resident") else ""
-            add(f"| {r['kernel']} | {r['dtype']} | {r['batch']} | {r['L']} | {r.get('layout', 'model')} | {r.get('config', '-')} | "
+            add(
+                f"| {r['kernel']} | {r['dtype']} | {r['batch']} | {r['L']} | {r.get('layout', 'model')} | {r.get('config', '-')} | "
                 f"{_f(r['ms'])}{l2} | {_f(r['TBps'])} | {_f(r['pct_hbm'], '{:.1f}')} | {_f(r.get('pct_copy'), '{:.1f}')} | "
                 f"{_f(r.get('first_call_s'), '{:.2f}')} | {_f(r.get('torch_ms'))} | {_f(r.get('x_torch'), '{:.1f}')} | "
                 f"{_f(r.get('compile_ms'))} | {_f(r.get('x_compile'), '{:.1f}')} | "
-                f"{_f(r.get('torch_rel_err'), '{:.1e}')} / {_f(r.get('compile_rel_err'), '{:.1e}')} |")  # fmt: skip
+                f"{_f(r.get('torch_rel_err'), '{:.1e}')} / {_f(r.get('compile_rel_err'), '{:.1e}')} |"
+            )
         add("")
-        add("Decode kernels (slot indices, a random permutation of the pool), µs per call: eager (Python wrapper and "
-            "launch included) and under CUDA-graph replay (kernel only).")  # fmt: skip
+        add(
+            "Decode kernels (slot indices, a random permutation of the pool), µs per call: eager (Python wrapper and "
+            "launch included) and under CUDA-graph replay (kernel only)."
+        )
         add("")
         add(
             "| kernel | batch | eager µs | TB/s | % HBM | graph µs | graph TB/s | torch µs | x torch | compile µs | x compile |"
@@ -1746,9 +1908,11 @@ def render_markdown(data: dict) -> str:
         for r in k.get("decode", []):
             us = lambda v: None if v is None else v * 1e3  # noqa: E731
             l2 = " (L2)" if r.get("l2_resident") else ""
-            add(f"| {r['kernel']} | {r['batch']} | {_f(us(r['ms']), '{:.1f}')}{l2} | {_f(r['TBps'])} | {_f(r['pct_hbm'], '{:.1f}')} | "
+            add(
+                f"| {r['kernel']} | {r['batch']} | {_f(us(r['ms']), '{:.1f}')}{l2} | {_f(r['TBps'])} | {_f(r['pct_hbm'], '{:.1f}')} | "
                 f"{_f(us(r.get('graph_ms')), '{:.1f}')} | {_f(r.get('graph_TBps'))} | {_f(us(r.get('torch_ms')), '{:.1f}')} | "
-                f"{_f(r.get('x_torch'), '{:.1f}')} | {_f(us(r.get('compile_ms')), '{:.1f}')} | {_f(r.get('x_compile'), '{:.1f}')} |")  # fmt: skip
+                f"{_f(r.get('x_torch'), '{:.1f}')} | {_f(us(r.get('compile_ms')), '{:.1f}')} | {_f(r.get('x_compile'), '{:.1f}')} |"
+            )
         add("")
 
     s = steps.get("sessions")
@@ -1758,22 +1922,28 @@ def render_markdown(data: dict) -> str:
         )
         add("")
         pool = s.get("pool", {})
-        add(f"Pool `{pool.get('class')}`: {pool.get('live')} live sessions of {pool.get('capacity')} slots (after churn), "
+        add(
+            f"Pool `{pool.get('class')}`: {pool.get('live')} live sessions of {pool.get('capacity')} slots (after churn), "
             f"plus one pad row. Host lookup + index upload: {_f(s.get('host_lookup_ms'))} ms; a whole layer step "
             f"(lookup, upload, conv update, state update, synchronised): {_f(s.get('whole_step_ms'))} ms. "
-            f"Kernel vs PyTorch path at this size: {s.get('check')}.")  # fmt: skip
+            f"Kernel vs PyTorch path at this size: {s.get('check')}."
+        )
         add("")
         add("| kernel | sessions | ms | TB/s | % HBM | % copy | torch ms | x torch |")
         add("|---|---:|---:|---:|---:|---:|---:|---:|")
         for r in s.get("rows", []):
-            add(f"| {r['what']} | {r['sessions']} | {_f(r['ms'])} | {_f(r['TBps'])} | {_f(r['pct_hbm'], '{:.1f}')} | "
-                f"{_f(r.get('pct_copy'), '{:.1f}')} | {_f(r.get('torch_ms'))} | {_f(r.get('x_torch'), '{:.1f}')} |")  # fmt: skip
+            add(
+                f"| {r['what']} | {r['sessions']} | {_f(r['ms'])} | {_f(r['TBps'])} | {_f(r['pct_hbm'], '{:.1f}')} | "
+                f"{_f(r.get('pct_copy'), '{:.1f}')} | {_f(r.get('torch_ms'))} | {_f(r.get('x_torch'), '{:.1f}')} |"
+            )
         dec = s.get("decoder")
         if dec:
             add("")
-            add(f"The default checkpoint's decoder ({dec['layers']} layers, d_inner {dec['d_inner']}) stepping all "
+            add(
+                f"The default checkpoint's decoder ({dec['layers']} layers, d_inner {dec['d_inner']}) stepping all "
                 f"{dec['sessions']} sessions on its pool: {_f(dec['ms'])} ms per step = {dec['tokens_per_s']} tokens/s "
-                f"({dec['note']}; logits finite: {_f(dec['logits_finite'])}).")  # fmt: skip
+                f"({dec['note']}; logits finite: {_f(dec['logits_finite'])})."
+            )
         add("")
 
     r = steps.get("recognizer")
@@ -1782,18 +1952,22 @@ def render_markdown(data: dict) -> str:
         add("")
         t = r.get("timed", {})
         ag = r.get("agreement", {})
-        add(f"{r.get('n_clips')} clips ({r.get('audio_s')} s of audio) from `{r.get('clips')}`, batches of "
+        add(
+            f"{r.get('n_clips')} clips ({r.get('audio_s')} s of audio) from `{r.get('clips')}`, batches of "
             f"{r.get('batch_size')} sorted by length, checkpoint {r.get('checkpoint_digest')}, decoding "
             f"{(r.get('settings') or {}).get('decoding')}. Warm-up (compiles, autotuning; untimed): {r.get('warmup')}; "
-            f"the same batches again on the GPU gave equal transcripts: {ag.get('repeat_equal', '-')}.")  # fmt: skip
+            f"the same batches again on the GPU gave equal transcripts: {ag.get('repeat_equal', '-')}."
+        )
         add("")
         add(
             "| clips | audio s | features s | encode s | decode s | total s | RTFx | equal to CPU | CER GPU vs CPU | WER GPU / CPU vs text |"
         )
         add("|---:|---:|---:|---:|---:|---:|---:|---|---:|---|")
-        add(f"| {t.get('clips')} | {t.get('audio_s')} | {t.get('features_s')} | {t.get('encode_s')} | {t.get('decode_s')} | "
+        add(
+            f"| {t.get('clips')} | {t.get('audio_s')} | {t.get('features_s')} | {t.get('encode_s')} | {t.get('decode_s')} | "
             f"{t.get('total_s')} | {t.get('rtfx')} | {ag.get('equal', '-')}/{ag.get('of', '-')} | {_f(ag.get('cer_gpu_vs_cpu'), '{:.4f}')} | "
-            f"{_f(ag.get('gpu_wer_vs_text'), '{:.3f}')} / {_f(ag.get('cpu_wer_vs_text'), '{:.3f}')} |")  # fmt: skip
+            f"{_f(ag.get('gpu_wer_vs_text'), '{:.3f}')} / {_f(ag.get('cpu_wer_vs_text'), '{:.3f}')} |"
+        )
         add("")
         if r.get("rtfx_by_batch"):
             add(
@@ -1854,9 +2028,13 @@ def publish(
     md = render_markdown(data)
     (kernels_dir / RESULTS_JSON).write_text(json.dumps(data, indent=1, default=str))
     (kernels_dir / RESULTS_MD).write_text(md)
-    summary = [f"Measured {data.get('started')} on {data.get('environment', {}).get('device')} "
-               f"(full tables: [gpu_check_results.md](gpu_check_results.md), raw: `gpu_check_results.json`).", "",
-               "| measure | goal | result | met |", "|---|---|---|---|"]  # fmt: skip
+    summary = [
+        f"Measured {data.get('started')} on {data.get('environment', {}).get('device')} "
+        f"(full tables: [gpu_check_results.md](gpu_check_results.md), raw: `gpu_check_results.json`).",
+        "",
+        "| measure | goal | result | met |",
+        "|---|---|---|---|",
+    ]
     for g in data["goals"]:
         summary.append(
             f"| {g['measure']} | {g['goal']} | {g['value']} | {({True: 'yes', False: 'no', None: '-'})[g['met']]} |"
@@ -1877,16 +2055,35 @@ def environment(dev: Dev) -> dict:
     import torch
     import triton
 
-    out = {"python": platform.python_version(), "torch": torch.__version__, "triton": triton.__version__,
-           "numpy": numpy.__version__, "cuda_runtime": torch.version.cuda, "cpu_count": os.cpu_count(),
-           "TRITON_INTERPRET": os.environ.get("TRITON_INTERPRET")}  # fmt: skip
+    out = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "triton": triton.__version__,
+        "numpy": numpy.__version__,
+        "cuda_runtime": torch.version.cuda,
+        "cpu_count": os.cpu_count(),
+        "TRITON_INTERPRET": os.environ.get("TRITON_INTERPRET"),
+    }
     if dev.cuda:
         p = torch.cuda.get_device_properties(0)
-        out.update(device=p.name, capability=f"{p.major}.{p.minor}", sm_count=p.multi_processor_count,
-                   l2_mb=p.L2_cache_size / 2**20, memory_gb=p.total_memory / 1e9)  # fmt: skip
+        out.update(
+            device=p.name,
+            capability=f"{p.major}.{p.minor}",
+            sm_count=p.multi_processor_count,
+            l2_mb=p.L2_cache_size / 2**20,
+            memory_gb=p.total_memory / 1e9,
+        )
         with contextlib.suppress(Exception):  # read-only query; never changes a setting
-            q = subprocess.run(["nvidia-smi", "--query-gpu=driver_version,clocks.sm,clocks.max.sm,clocks.mem,power.limit",
-                                "--format=csv,noheader"], capture_output=True, text=True, timeout=20)  # fmt: skip
+            q = subprocess.run(
+                [
+                    "nvidia-smi",
+                    "--query-gpu=driver_version,clocks.sm,clocks.max.sm,clocks.mem,power.limit",
+                    "--format=csv,noheader",
+                ],
+                capture_output=True,
+                text=True,
+                timeout=20,
+            )
             out["driver"], out["nvidia_smi"] = q.stdout.split(",")[0].strip(), q.stdout.strip()
     else:
         out.update(device="CPU (dry run, Triton interpreter)", sm_count=None, l2_mb=None, memory_gb=None)
@@ -1900,8 +2097,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--dry-run", action="store_true", help="CPU, Triton interpreter, tiny shapes: checks the script"
     )
-    parser.add_argument("--out-dir", type=Path, default=None, help=f"where {RESULTS_JSON} and {RESULTS_MD} go "
-                        "(default: $OUT when set, else ./gpu_check_out)")  # fmt: skip
+    parser.add_argument(
+        "--out-dir",
+        type=Path,
+        default=None,
+        help=f"where {RESULTS_JSON} and {RESULTS_MD} go (default: $OUT when set, else ./gpu_check_out)",
+    )
     parser.add_argument(
         "--clips", type=Path, default=DEFAULT_CLIPS, help="prepared clips (.npz, --prepare-clips)"
     )
@@ -1936,8 +2137,25 @@ def main(argv: list[str] | None = None) -> int:
             data["goals"] = goals(data)
             print(render_markdown(data))
         return 0
-    if args.prepare_clips:
-        prepare_clips(args.clips, args.n_clips, args.max_words, args.batch_size, args.workers)
+    if args.prepare_clips:  # synthesis lives in the training layer; run it there, not imported from here
+        import subprocess
+
+        cmd = [
+            sys.executable,
+            "-m",
+            "mambaserve.training.gpu_clips",
+            "--clips",
+            str(args.clips),
+            "--n-clips",
+            str(args.n_clips),
+            "--max-words",
+            str(args.max_words),
+            "--batch-size",
+            str(args.batch_size),
+            "--workers",
+            str(args.workers),
+        ]
+        return subprocess.run(cmd, check=False).returncode
         return 0
 
     names = []
@@ -1957,8 +2175,10 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     if not args.dry_run and not torch.cuda.is_available():
-        print("mambaserve.kernels.gpu_check needs a CUDA GPU (none is visible): nothing was measured.\n"
-              "`--dry-run` checks the script on a CPU under the Triton interpreter.")  # fmt: skip
+        print(
+            "mambaserve.kernels.gpu_check needs a CUDA GPU (none is visible): nothing was measured.\n"
+            "`--dry-run` checks the script on a CPU under the Triton interpreter."
+        )
         return 2
     plan = DRY if args.dry_run else REAL
     out_dir = args.out_dir or Path(os.environ.get("OUT") or "gpu_check_out")
@@ -1966,8 +2186,10 @@ def main(argv: list[str] | None = None) -> int:
     run = Run(plan, args.dry_run, out_dir, budget, tuple(names))
     dev = Dev(args.dry_run)
     run.data["environment"] = environment(dev)
-    run.log(f"gpu_check {'DRY RUN (CPU, Triton interpreter; timings meaningless)' if args.dry_run else 'on ' + run.data['environment']['device']}"
-            f": steps {', '.join(names)}; budget {budget:.0f} s; results -> {out_dir}")  # fmt: skip
+    run.log(
+        f"gpu_check {'DRY RUN (CPU, Triton interpreter; timings meaningless)' if args.dry_run else 'on ' + run.data['environment']['device']}"
+        f": steps {', '.join(names)}; budget {budget:.0f} s; results -> {out_dir}"
+    )
     run.save()
 
     parts = None

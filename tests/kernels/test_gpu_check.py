@@ -34,8 +34,12 @@ def _gpu_check(*args: str, timeout: int = 900) -> subprocess.CompletedProcess:
     }
     return subprocess.run(
         ["bash", str(ROOT / "kernels" / "gpu_check.sh"), *args],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout,
-    )  # fmt: skip
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -72,9 +76,15 @@ def test_dry_run_goes_through_every_step_and_writes_json_and_markdown(tiny_clips
     c = steps["correctness"]
     assert c["failed"] == 0 and c["passed"] >= 40
     checks = {r["check"] for r in c["rows"]}
-    for needed in ("selective_scan no initial_state", "selective_scan with initial_state", "selective_scan chunked == one pass",
-                   "state_update slots + pad: out", "state_update out-of-range slot", "conv_update slots + pad: state",
-                   "causal_conv1d_fn with initial_states"):  # fmt: skip
+    for needed in (
+        "selective_scan no initial_state",
+        "selective_scan with initial_state",
+        "selective_scan chunked == one pass",
+        "state_update slots + pad: out",
+        "state_update out-of-range slot",
+        "conv_update slots + pad: state",
+        "causal_conv1d_fn with initial_states",
+    ):
         assert needed in checks
     assert {r["dtype"] for r in c["rows"]} == {"fp32", "bf16"}
     k = steps["kernel_timings"]
@@ -212,8 +222,14 @@ def test_cuda_timing_code_runs_against_a_stand_in_for_torch_cuda(monkeypatch):
     captured.append(fn)
     g = dev.graph_time(fn, run)
     assert g is not None and g["ms"] > 0
-    info = gc._scan_config({(False, True): SimpleNamespace(best_config="BLOCK_D: 16, num_warps: 4", bench_time=1.25)},
-                           True, 4, 1536, 16, torch.device("cpu"))  # fmt: skip
+    info = gc._scan_config(
+        {(False, True): SimpleNamespace(best_config="BLOCK_D: 16, num_warps: 4", bench_time=1.25)},
+        True,
+        4,
+        1536,
+        16,
+        torch.device("cpu"),
+    )
     assert info == {"config": "BLOCK_D: 16, num_warps: 4", "autotuned": True, "autotune_bench_s": 1.25}
 
 
@@ -229,11 +245,27 @@ def test_publish_refuses_a_dry_run_and_splices_gpu_results_into_benchmarks(tmp_p
     with pytest.raises(SystemExit, match="dry run"):
         gc.publish(tmp_path / "dry.json", tmp_path, bench)
     results = {
-        "dry_run": False, "started": "2027-01-01T00:00:00+00:00", "environment": {"device": "NVIDIA H200"},
+        "dry_run": False,
+        "started": "2027-01-01T00:00:00+00:00",
+        "environment": {"device": "NVIDIA H200"},
         "ceilings": {"hbm_datasheet_Bps": 4.8e12, "copy_measured_Bps": 4.3e12},
-        "steps": {"sessions": {"status": "ok", "skipped": [], "errors": [], "rows": [
-            {"what": "selective_state_update", "sessions": 10000, "ms": 0.6, "TBps": 3.5, "pct_hbm": 72.9}]}},
-    }  # fmt: skip
+        "steps": {
+            "sessions": {
+                "status": "ok",
+                "skipped": [],
+                "errors": [],
+                "rows": [
+                    {
+                        "what": "selective_state_update",
+                        "sessions": 10000,
+                        "ms": 0.6,
+                        "TBps": 3.5,
+                        "pct_hbm": 72.9,
+                    }
+                ],
+            }
+        },
+    }
     (tmp_path / "gpu.json").write_text(json.dumps(results))
     gc.publish(tmp_path / "gpu.json", tmp_path, bench)
     out = bench.read_text()
