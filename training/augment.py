@@ -23,7 +23,9 @@ class SpecAugmentConfig:
     probability: float = 0.8
 
 
-def spec_augment(feats: Tensor, lengths: Tensor, config: SpecAugmentConfig, generator: torch.Generator | None = None) -> Tensor:
+def spec_augment(
+    feats: Tensor, lengths: Tensor, config: SpecAugmentConfig, generator: torch.Generator | None = None
+) -> Tensor:
     """Zero random frequency bands and time spans (normalised features: zero is the mean)."""
     feats = feats.clone()
     batch, _, bins = feats.shape
@@ -36,7 +38,9 @@ def spec_augment(feats: Tensor, lengths: Tensor, config: SpecAugmentConfig, gene
             feats[i, :, start : start + width] = 0
         n = int(lengths[i])
         for _ in range(config.time_masks):
-            width = int(torch.randint(0, max(1, int(n * config.time_width_ratio)) + 1, (), generator=generator))
+            width = int(
+                torch.randint(0, max(1, int(n * config.time_width_ratio)) + 1, (), generator=generator)
+            )
             start = int(torch.randint(0, max(1, n - width), (), generator=generator))
             feats[i, start : start + width] = 0
     return feats

@@ -41,6 +41,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mambaserve.contract.spec import SAMPLE_RATE
+
 from .effects import apply_chain, chain_str, parse_chain, sample_chain
 from .hotwords import hotword_pools, hotword_sentence, make_prompt, parse_prompt, plan_texts
 from .manifest import write_manifest
@@ -126,7 +128,9 @@ def family_counts(n: int, mix: dict[str, float], fixed: dict[str, int] | None = 
     return {**{k: 0 for k in mix}, **counts, **fixed}
 
 
-def _families(n: int, mix: dict[str, float], rng: random.Random, fixed: dict[str, int] | None = None) -> list[str]:
+def _families(
+    n: int, mix: dict[str, float], rng: random.Random, fixed: dict[str, int] | None = None
+) -> list[str]:
     counts = family_counts(n, mix, fixed)
     out = [f for f in FAMILIES if f in counts for _ in range(counts[f])]
     rng.shuffle(out)
@@ -160,8 +164,15 @@ def plan_corpus(
     `n_train` is the number of training items, spread over families by `train_mix` (default
     `TRAIN_MIX`); `n_piper_train`, when given, fixes the piper count and the mix shares the rest.
     """
-    _nonneg(n_train=n_train, n_dev=n_dev, n_test=n_test, n_piper_test=n_piper_test,
-            n_hotword_test=n_hotword_test, n_test_diphone=n_test_diphone, n_heldout_voices=n_heldout_voices)  # fmt: skip
+    _nonneg(
+        n_train=n_train,
+        n_dev=n_dev,
+        n_test=n_test,
+        n_piper_test=n_piper_test,
+        n_hotword_test=n_hotword_test,
+        n_test_diphone=n_test_diphone,
+        n_heldout_voices=n_heldout_voices,
+    )
     if not 0 <= effects_fraction <= 1:
         raise ValueError(f"effects_fraction must be in [0, 1], got {effects_fraction}")
     sentences = sentence_splits(seed)
@@ -177,34 +188,67 @@ def plan_corpus(
         for i, (plan, fam) in enumerate(zip(texts, fams)):
             voice = sample_voice(vrng, fam, heldout=not train, unseen=unseen)
             effects = chain_str(sample_chain(erng)) if train and erng.random() < effects_fraction else ""
-            peak = round(erng.uniform(*TRAIN_PEAK), 3) if train else getattr(voice, "peak", None) or erng.choice(TEST_PEAKS)
+            peak = (
+                round(erng.uniform(*TRAIN_PEAK), 3)
+                if train
+                else getattr(voice, "peak", None) or erng.choice(TEST_PEAKS)
+            )
             job_id = f"{split}-{i:06d}"
             plans[split].append(
-                Job(split, job_id, plan.text, voice, plan.prompt, list(plan.hotwords), effects,
-                    seed=int(stable_fraction("effects-seed", seed, job_id) * 2**32), peak=peak)
-            )  # fmt: skip
+                Job(
+                    split,
+                    job_id,
+                    plan.text,
+                    voice,
+                    plan.prompt,
+                    list(plan.hotwords),
+                    effects,
+                    seed=int(stable_fraction("effects-seed", seed, job_id) * 2**32),
+                    peak=peak,
+                )
+            )
 
     def texts(split: str, n: int, pool: Sequence[str], rare_pool: Sequence[str], pf: float) -> list:
         return plan_texts(n, random.Random(f"{seed}:{split}:text"), pool, rare_pool, pf)
 
     fixed = {"piper": n_piper_train} if n_piper_train is not None else None
-    add("train", texts("train", n_train, train_sentences, rare.train, prompt_fraction),
-        _families(n_train, train_mix or TRAIN_MIX, random.Random(f"{seed}:train:engine"), fixed))  # fmt: skip
-    add("dev", texts("dev", n_dev, sentences.dev, rare.dev, prompt_fraction),
-        _families(n_dev, DEV_MIX, random.Random(f"{seed}:dev:engine")))  # fmt: skip
+    add(
+        "train",
+        texts("train", n_train, train_sentences, rare.train, prompt_fraction),
+        _families(n_train, train_mix or TRAIN_MIX, random.Random(f"{seed}:train:engine"), fixed),
+    )
+    add(
+        "dev",
+        texts("dev", n_dev, sentences.dev, rare.dev, prompt_fraction),
+        _families(n_dev, DEV_MIX, random.Random(f"{seed}:dev:engine")),
+    )
     add("test_espeak", texts("test_espeak", n_test, sentences.test, rare.test, 0.0), ["espeak"] * n_test)
-    add("test_piper", texts("test_piper", n_piper_test, sentences.test, rare.test, 0.0), ["piper"] * n_piper_test)
+    add(
+        "test_piper",
+        texts("test_piper", n_piper_test, sentences.test, rare.test, 0.0),
+        ["piper"] * n_piper_test,
+    )
     hrng = random.Random(f"{seed}:test_hotwords:text")
     hot = []
     for _ in range(n_hotword_test):
         text, words = hotword_sentence(hrng, rare.test, sentences.test)
         hot.append(_Plan(text, make_prompt(hrng, words, rare.test, n_distractors=(1, 2)), words))
-    add("test_hotwords", hot, _families(n_hotword_test, HOTWORD_MIX, random.Random(f"{seed}:test_hotwords:engine")))
-    add("test_diphone", texts("test_diphone", n_test_diphone, sentences.test, rare.test, 0.0),
-        _families(n_test_diphone, DIPHONE_MIX, random.Random(f"{seed}:test_diphone:engine")))  # fmt: skip
-    add("heldout_voices", texts("heldout_voices", n_heldout_voices, sentences.test, rare.test, 0.0),
+    add(
+        "test_hotwords",
+        hot,
+        _families(n_hotword_test, HOTWORD_MIX, random.Random(f"{seed}:test_hotwords:engine")),
+    )
+    add(
+        "test_diphone",
+        texts("test_diphone", n_test_diphone, sentences.test, rare.test, 0.0),
+        _families(n_test_diphone, DIPHONE_MIX, random.Random(f"{seed}:test_diphone:engine")),
+    )
+    add(
+        "heldout_voices",
+        texts("heldout_voices", n_heldout_voices, sentences.test, rare.test, 0.0),
         _families(n_heldout_voices, HELDOUT_VOICE_MIX, random.Random(f"{seed}:heldout_voices:engine")),
-        unseen=True)  # fmt: skip
+        unseen=True,
+    )
     _check_heldout(plans, sentences.heldout_words, rare.test, demo)
     return plans
 
@@ -225,7 +269,9 @@ def _check_heldout(
         for j in plans[split]:
             check_training_voice(j.voice.name)  # reserved CMU voices: never, in any split
     train = plans["train"]
-    train_words = {w for j in train for w in j.text.split()} | {w for j in train for w in parse_prompt(j.prompt)}
+    train_words = {w for j in train for w in j.text.split()} | {
+        w for j in train for w in parse_prompt(j.prompt)
+    }
     leaked_words = train_words & (set(heldout_words) | set(test_rare))
     if leaked_words:
         raise RuntimeError(f"plan_corpus: held-out words reached train: {sorted(leaked_words)[:10]}")
@@ -285,9 +331,9 @@ def _synth_job(job: Job, path: Path) -> tuple[str, float | None, str | None]:
         pcm = np.clip(np.round(audio * (job.peak / peak) * 32767.0), -32768, 32767).astype(np.int16)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        sf.write(str(tmp), pcm, 16_000, subtype="PCM_16", format="WAV")
+        sf.write(str(tmp), pcm, SAMPLE_RATE, subtype="PCM_16", format="WAV")
         tmp.replace(path)
-        return job.id, len(pcm) / 16_000, None
+        return job.id, len(pcm) / SAMPLE_RATE, None
     except Exception as e:  # one bad utterance must not end a long run
         return job.id, None, f"{type(e).__name__}: {e}"
 
@@ -359,7 +405,9 @@ def build_corpus(
         summary["splits"][split] = {
             "items": len(items),
             "hours": round(sum(it["duration"] for it in items) / 3600, 4),
-            "families": {k: {"items": v["items"], "hours": round(v["hours"], 4)} for k, v in sorted(fams.items())},
+            "families": {
+                k: {"items": v["items"], "hours": round(v["hours"], 4)} for k, v in sorted(fams.items())
+            },
             "prompted": sum(bool(it.get("prompt")) for it in items),
             "effects": sum(bool(it.get("effects")) for it in items),
             "manifest": path.name,
@@ -384,7 +432,9 @@ def build_corpus(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Synthesise the speech corpus (espeak-ng, MBROLA, Pico, piper).")
+    parser = argparse.ArgumentParser(
+        description="Synthesise the speech corpus (espeak-ng, MBROLA, Pico, piper)."
+    )
     parser.add_argument("--out", type=Path, required=True, help="output folder, e.g. data/corpus")
     parser.add_argument("--n-train", type=int, default=30_000, help="training utterances (all families)")
     parser.add_argument("--n-piper-train", type=int, default=None, help="fix the piper training count")
@@ -394,11 +444,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--n-hotword-test", type=int, default=200, help="test_hotwords utterances")
     parser.add_argument("--n-test-diphone", type=int, default=200, help="test_diphone utterances")
     parser.add_argument("--n-heldout-voices", type=int, default=300, help="heldout_voices utterances")
-    parser.add_argument("--prompt-fraction", type=float, default=0.3, help="share of train/dev items with a prompt")
-    parser.add_argument("--effects-fraction", type=float, default=0.8, help="share of train items with effects")
+    parser.add_argument(
+        "--prompt-fraction", type=float, default=0.3, help="share of train/dev items with a prompt"
+    )
+    parser.add_argument(
+        "--effects-fraction", type=float, default=0.8, help="share of train items with effects"
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workers", type=int, default=2, help="parallel synthesis processes")
-    parser.add_argument("--no-setup", action="store_true", help="do not check/install the Debian voices first")
+    parser.add_argument(
+        "--no-setup", action="store_true", help="do not check/install the Debian voices first"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     if not args.no_setup:
@@ -406,18 +462,31 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         ensure_voices()
     summary = build_corpus(
-        args.out, n_train=args.n_train, n_piper_train=args.n_piper_train, n_dev=args.n_dev, n_test=args.n_test,
-        n_piper_test=args.n_piper_test, n_hotword_test=args.n_hotword_test, n_test_diphone=args.n_test_diphone,
-        n_heldout_voices=args.n_heldout_voices, prompt_fraction=args.prompt_fraction,
-        effects_fraction=args.effects_fraction, seed=args.seed, workers=args.workers,
-    )  # fmt: skip
+        args.out,
+        n_train=args.n_train,
+        n_piper_train=args.n_piper_train,
+        n_dev=args.n_dev,
+        n_test=args.n_test,
+        n_piper_test=args.n_piper_test,
+        n_hotword_test=args.n_hotword_test,
+        n_test_diphone=args.n_test_diphone,
+        n_heldout_voices=args.n_heldout_voices,
+        prompt_fraction=args.prompt_fraction,
+        effects_fraction=args.effects_fraction,
+        seed=args.seed,
+        workers=args.workers,
+    )
     for split, s in summary["splits"].items():
         fams = "  ".join(f"{k} {v['items']} ({v['hours']:.2f} h)" for k, v in s["families"].items())
-        print(f"{split:14s} {s['items']:6d} items {s['hours']:7.2f} h  prompted {s['prompted']:5d}  "
-              f"effects {s['effects']:5d}  {fams}")  # fmt: skip
+        print(
+            f"{split:14s} {s['items']:6d} items {s['hours']:7.2f} h  prompted {s['prompted']:5d}  "
+            f"effects {s['effects']:5d}  {fams}"
+        )
     print(f"train neural+diphone share (by duration): {summary['train_neural_diphone_share']}")
-    print(f"total {summary['total_items']} items, {summary['total_hours']:.2f} h in {summary['wall_s']} s "
-          f"({summary['synthesised']} synthesised now); failed {summary['failed'] or 0}")  # fmt: skip
+    print(
+        f"total {summary['total_items']} items, {summary['total_hours']:.2f} h in {summary['wall_s']} s "
+        f"({summary['synthesised']} synthesised now); failed {summary['failed'] or 0}"
+    )
     print(json.dumps({k: summary[k] for k in ("total_items", "total_hours", "failed")}))
     return 1 if summary["failed"] else 0
 

@@ -34,6 +34,7 @@ from typing import Any
 
 import numpy as np
 import soundfile as sf
+from mambaserve.contract.spec import SAMPLE_RATE
 from mambaserve.model.text_norm import normalize_text
 
 from .manifest import write_manifest
@@ -42,7 +43,6 @@ from .text_corpus import MAX_WORDS, MIN_WORDS, common_words, stable_fraction
 
 __all__ = ["CMU_VOICES", "build_eval_cmu", "build_eval_human", "cmu_texts", "main"]
 
-SAMPLE_RATE = 16_000
 CMU_VOICES = (
     ("flite", "kal"),
     ("flite", "kal16"),
@@ -78,8 +78,10 @@ def cmu_texts(n: int, seed: int = 0, lists_dir: str = APT_LISTS) -> list[str]:
 def _to_16k(data: bytes, in_type: str = "wav") -> np.ndarray:
     out = subprocess.run(
         ["sox", "-q", "-D", "-t", in_type, "-", "-t", "f32", "-r", str(SAMPLE_RATE), "-c", "1", "-"],
-        input=data, capture_output=True, check=True,
-    ).stdout  # fmt: skip
+        input=data,
+        capture_output=True,
+        check=True,
+    ).stdout
     return np.frombuffer(out, dtype="<f4").astype(np.float32)
 
 
@@ -91,8 +93,12 @@ def synth_cmu(engine: str, voice: str, text: str) -> np.ndarray:
                 ["flite", "-voice", voice, "-t", text, "-o", str(path)], capture_output=True, check=True
             )
         elif engine == "festival":
-            subprocess.run(["text2wave", "-eval", f"(voice_{voice})", "-o", str(path)],
-                           input=text.encode(), capture_output=True, check=True)  # fmt: skip
+            subprocess.run(
+                ["text2wave", "-eval", f"(voice_{voice})", "-o", str(path)],
+                input=text.encode(),
+                capture_output=True,
+                check=True,
+            )
         else:
             raise ValueError(f"unknown engine {engine!r}")
         return _to_16k(path.read_bytes())
@@ -115,8 +121,17 @@ def build_eval_cmu(out: Path, n: int = 300, seed: int = 0) -> list[dict[str, Any
         duration = (
             sf.info(str(path)).duration if path.exists() else _write(synth_cmu(engine, voice, text), path)
         )
-        items.append({"id": f"eval_cmu-{i:04d}", "audio": str(path), "text": text, "duration": duration,
-                      "voice": f"{engine}:{voice}", "family": "cmu", "source": "debian package description"})  # fmt: skip
+        items.append(
+            {
+                "id": f"eval_cmu-{i:04d}",
+                "audio": str(path),
+                "text": text,
+                "duration": duration,
+                "voice": f"{engine}:{voice}",
+                "family": "cmu",
+                "source": "debian package description",
+            }
+        )
     return items
 
 
@@ -167,8 +182,16 @@ def build_eval_human(out: Path, cache: Path) -> list[dict[str, Any]]:
             )
         path = out / "audio" / "eval_human" / f"eval_human-{i:04d}.wav"
         duration = _write(_to_16k(data), path, peak=None)  # keep the recording's own level
-        items.append({"id": f"eval_human-{i:04d}", "audio": str(path), "text": norm, "duration": duration,
-                      "voice": f"human:{name}", "family": "human"})  # fmt: skip
+        items.append(
+            {
+                "id": f"eval_human-{i:04d}",
+                "audio": str(path),
+                "text": norm,
+                "duration": duration,
+                "voice": f"human:{name}",
+                "family": "human",
+            }
+        )
     return items
 
 
@@ -200,8 +223,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     (out / "RESERVED.txt").write_text(RESERVED_NOTE)
     summary: dict[str, Any] = {}
-    for name, items in (("eval_cmu", build_eval_cmu(out, args.n_cmu, args.seed)),
-                        ("eval_human", build_eval_human(out, args.cache))):  # fmt: skip
+    for name, items in (
+        ("eval_cmu", build_eval_cmu(out, args.n_cmu, args.seed)),
+        ("eval_human", build_eval_human(out, args.cache)),
+    ):
         write_manifest(out / f"{name}.jsonl", items)
         summary[name] = {
             "items": len(items),

@@ -36,8 +36,41 @@ __all__ = [
     "rare_word_error_rate",
 ]
 
-_ONSETS = ("b", "br", "d", "dr", "f", "g", "gr", "k", "kl", "kr", "l", "m", "n", "p", "pr", "qu", "r",
-           "s", "st", "t", "tr", "v", "z", "th", "sh", "x", "ch", "kw", "ph", "zh", "j", "y", "")  # fmt: skip
+_ONSETS = (
+    "b",
+    "br",
+    "d",
+    "dr",
+    "f",
+    "g",
+    "gr",
+    "k",
+    "kl",
+    "kr",
+    "l",
+    "m",
+    "n",
+    "p",
+    "pr",
+    "qu",
+    "r",
+    "s",
+    "st",
+    "t",
+    "tr",
+    "v",
+    "z",
+    "th",
+    "sh",
+    "x",
+    "ch",
+    "kw",
+    "ph",
+    "zh",
+    "j",
+    "y",
+    "",
+)
 _NUCLEI = ("a", "e", "i", "o", "u", "ai", "ea", "ou", "y", "io", "ae", "oo")
 _CODAS = ("", "", "", "n", "r", "l", "m", "th", "x", "s", "k", "nd", "rn", "lt", "z")
 _ENDINGS = ("", "", "a", "eth", "ix", "or", "ia", "yx", "el", "on", "ine", "ath", "us", "ra")

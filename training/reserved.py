@@ -45,12 +45,22 @@ __all__ = [
 RESERVED_ENGINES = frozenset({"flite", "festival"})
 RESERVED_VOICES = frozenset(
     {
-        "kal", "kal16", "awb", "awb_time", "rms", "slt",
-        "kal_diphone", "ked_diphone",
-        "cmu_us_slt_arctic_hts", "cmu_us_awb_arctic_hts", "cmu_us_rms_arctic_hts",
-        "cmu_us_awb_cg", "cmu_us_rms_cg", "cmu_us_slt_cg",
+        "kal",
+        "kal16",
+        "awb",
+        "awb_time",
+        "rms",
+        "slt",
+        "kal_diphone",
+        "ked_diphone",
+        "cmu_us_slt_arctic_hts",
+        "cmu_us_awb_arctic_hts",
+        "cmu_us_rms_arctic_hts",
+        "cmu_us_awb_cg",
+        "cmu_us_rms_cg",
+        "cmu_us_slt_cg",
     }
-)  # fmt: skip
+)
 APT_LISTS = "/var/lib/apt/lists"
 # Human transcripts reserved as text (eval_human); kept here so training can refuse them without
 # importing the evaluation-set builder.

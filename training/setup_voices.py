@@ -25,10 +25,38 @@ import subprocess
 import sys
 from pathlib import Path
 
-MBROLA_DBS = ("us1", "us2", "us3", "en1", "af1", "de1", "de2", "de3", "de4", "de5", "de6", "fr1", "fr4",
-              "gr2", "hu1", "nl2", "pl1", "ro1", "sw1", "sw2")  # fmt: skip
-TRAIN_PACKAGES = ("espeak-ng", "sox", "libsox-fmt-mp3", "mbrola", *(f"mbrola-{d}" for d in MBROLA_DBS),
-                  "libttspico-utils", "fortunes", "fortunes-min")  # fmt: skip
+MBROLA_DBS = (
+    "us1",
+    "us2",
+    "us3",
+    "en1",
+    "af1",
+    "de1",
+    "de2",
+    "de3",
+    "de4",
+    "de5",
+    "de6",
+    "fr1",
+    "fr4",
+    "gr2",
+    "hu1",
+    "nl2",
+    "pl1",
+    "ro1",
+    "sw1",
+    "sw2",
+)
+TRAIN_PACKAGES = (
+    "espeak-ng",
+    "sox",
+    "libsox-fmt-mp3",
+    "mbrola",
+    *(f"mbrola-{d}" for d in MBROLA_DBS),
+    "libttspico-utils",
+    "fortunes",
+    "fortunes-min",
+)
 EVAL_PACKAGES = ("flite", "festival", "festvox-kallpc16k", "festvox-us-slt-hts")
 SOURCES = Path("/etc/apt/sources.list.d/mambaserve-contrib-non-free.sources")
 # Keeps apt fetching the English descriptions on later `apt-get update`s (Debian's container images
@@ -94,16 +122,25 @@ def ensure_packages(packages: tuple[str, ...], quiet: bool = False) -> list[str]
     sudo = _sudo()
     if not LANGUAGES_CONF.exists():
         print(f"setup_voices: {LANGUAGES_CONF}: apt keeps the English package descriptions (reserved text)")
-        subprocess.run([*sudo, "tee", str(LANGUAGES_CONF)], input='Acquire::Languages "en";\n', text=True,
-                       check=True, stdout=subprocess.DEVNULL)  # fmt: skip
+        subprocess.run(
+            [*sudo, "tee", str(LANGUAGES_CONF)],
+            input='Acquire::Languages "en";\n',
+            text=True,
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
     if missing and not _contrib_enabled():
         add_contrib_non_free(sudo)
     subprocess.run([*sudo, "apt-get", "update", "-qq", "-o", "Acquire::Languages=en"], check=True)
     if missing:
         print(f"setup_voices: apt-get install {' '.join(missing)}")
         env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-        subprocess.run([*sudo, "apt-get", "install", "-y", "-qq", *missing], check=True, env=env,
-                       stdout=subprocess.DEVNULL if quiet else None)  # fmt: skip
+        subprocess.run(
+            [*sudo, "apt-get", "install", "-y", "-qq", *missing],
+            check=True,
+            env=env,
+            stdout=subprocess.DEVNULL if quiet else None,
+        )
     return missing
 
 

@@ -58,8 +58,25 @@ ESPEAK_VOICES = (
     "en-gb-x-gbcwmd",
     "en-029",
 )
-ESPEAK_VARIANTS = ("", "m1", "m2", "m3", "m4", "m5", "m6", "m7", "f1", "f2", "f3", "f4", "f5",
-                   "klatt", "klatt2", "croak", "whisper")  # fmt: skip
+ESPEAK_VARIANTS = (
+    "",
+    "m1",
+    "m2",
+    "m3",
+    "m4",
+    "m5",
+    "m6",
+    "m7",
+    "f1",
+    "f2",
+    "f3",
+    "f4",
+    "f5",
+    "klatt",
+    "klatt2",
+    "croak",
+    "whisper",
+)
 
 TRAIN_SPEEDS = tuple(range(125, 216, 10))
 HELDOUT_SPEEDS = tuple(range(130, 211, 20))

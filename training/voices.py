@@ -67,11 +67,23 @@ NEURAL_OR_DIPHONE = ("mbrola", "piper")
 NATIVE_MBROLA = ("mb-us1", "mb-us2", "mb-en1")
 # espeak-ng voice -> MBROLA database (Debian package mbrola-<db>): foreign-accented English.
 ACCENTED_MBROLA = {
-    "mb-af1-en": "af1", "mb-de1-en": "de1", "mb-de2-en": "de2", "mb-de3-en": "de3", "mb-de4-en": "de4",
-    "mb-de5-en": "de5", "mb-de6-en": "de6", "mb-fr1-en": "fr1", "mb-fr4-en": "fr4", "mb-gr2-en": "gr2",
-    "mb-hu1-en": "hu1", "mb-nl2-en": "nl2", "mb-pl1-en": "pl1", "mb-ro1-en": "ro1", "mb-sw1-en": "sw1",
+    "mb-af1-en": "af1",
+    "mb-de1-en": "de1",
+    "mb-de2-en": "de2",
+    "mb-de3-en": "de3",
+    "mb-de4-en": "de4",
+    "mb-de5-en": "de5",
+    "mb-de6-en": "de6",
+    "mb-fr1-en": "fr1",
+    "mb-fr4-en": "fr4",
+    "mb-gr2-en": "gr2",
+    "mb-hu1-en": "hu1",
+    "mb-nl2-en": "nl2",
+    "mb-pl1-en": "pl1",
+    "mb-ro1-en": "ro1",
+    "mb-sw1-en": "sw1",
     "mb-sw2-en": "sw2",
-}  # fmt: skip
+}
 MBROLA_TRAIN = (*NATIVE_MBROLA, *ACCENTED_MBROLA)
 MBROLA_UNSEEN = ("mb-us3",)
 MBROLA_DB = {"mb-us1": "us1", "mb-us2": "us2", "mb-us3": "us3", "mb-en1": "en1", **ACCENTED_MBROLA}

@@ -120,14 +120,27 @@ def test_espeak_is_deterministic_16k_pcm(tmp_path: Path) -> None:
 
 def test_tiny_corpus_writes_valid_manifests_and_resumes(tmp_path: Path) -> None:
     out = tmp_path / "corpus"
-    sizes = dict(n_train=12, n_dev=3, n_test=3, n_piper_test=1, n_hotword_test=3, n_test_diphone=2,
-                 n_heldout_voices=2, effects_fraction=0.8)  # fmt: skip
+    sizes = dict(
+        n_train=12,
+        n_dev=3,
+        n_test=3,
+        n_piper_test=1,
+        n_hotword_test=3,
+        n_test_diphone=2,
+        n_heldout_voices=2,
+        effects_fraction=0.8,
+    )
     summary = build_corpus(out, seed=0, workers=2, progress=False, **sizes)
     assert summary["failed"] == {}
     assert {s: summary["splits"][s]["items"] for s in SPLITS} == {
-        "train": 12, "dev": 3, "test_espeak": 3, "test_piper": 1, "test_hotwords": 3, "test_diphone": 2,
+        "train": 12,
+        "dev": 3,
+        "test_espeak": 3,
+        "test_piper": 1,
+        "test_hotwords": 3,
+        "test_diphone": 2,
         "heldout_voices": 2,
-    }  # fmt: skip
+    }
     assert set(summary["splits"]["train"]["families"]) == set(TRAIN_MIX)
     assert summary["splits"]["train"]["effects"] >= 6 and summary["effects"]
     assert 0 < summary["train_neural_diphone_share"] < 1

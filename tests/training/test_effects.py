@@ -11,12 +11,28 @@ from mambaserve.training.synth import EspeakVoice
 from mambaserve.training.voices import render
 
 CHAINS = [
-    "warp:0.86", "warp:1.16", "pitch:-300", "pitch:250", "tempo:0.85", "tempo:1.18",
-    "reverb:85:80:100:25", "band:telephone", "band:lowpass:3000", "band:highpass:300",
-    "codec:alaw", "codec:ulaw", "codec:gsm", "codec:mp3:8", "codec:mp3:32", "codec:vorbis:-1",
-    "noise:white:5", "noise:pink:15", "noise:brown:30", "babble:3:10",
+    "warp:0.86",
+    "warp:1.16",
+    "pitch:-300",
+    "pitch:250",
+    "tempo:0.85",
+    "tempo:1.18",
+    "reverb:85:80:100:25",
+    "band:telephone",
+    "band:lowpass:3000",
+    "band:highpass:300",
+    "codec:alaw",
+    "codec:ulaw",
+    "codec:gsm",
+    "codec:mp3:8",
+    "codec:mp3:32",
+    "codec:vorbis:-1",
+    "noise:white:5",
+    "noise:pink:15",
+    "noise:brown:30",
+    "babble:3:10",
     "warp:1.08,pitch:-150,tempo:0.93,reverb:45:60:70:10,band:telephone,codec:gsm,noise:pink:18",
-]  # fmt: skip
+]
 
 
 @pytest.fixture(scope="module")

@@ -60,9 +60,19 @@ def test_held_out_rules_of_the_new_families() -> None:
 
 # ---- reserved for evaluation ----------------------------------------------------------------------
 @pytest.mark.parametrize(
-    "name", ["flite:kal", "flite:kal16", "flite:awb", "flite:rms", "flite:slt", "festival:kal_diphone",
-             "festival:cmu_us_slt_arctic_hts", "mbrola:slt", "espeak:en+slt:s150:p50"],
-)  # fmt: skip
+    "name",
+    [
+        "flite:kal",
+        "flite:kal16",
+        "flite:awb",
+        "flite:rms",
+        "flite:slt",
+        "festival:kal_diphone",
+        "festival:cmu_us_slt_arctic_hts",
+        "mbrola:slt",
+        "espeak:en+slt:s150:p50",
+    ],
+)
 def test_reserved_voices_are_refused(name: str) -> None:
     assert reserved.is_reserved_voice(name)
     with pytest.raises(reserved.ReservedVoiceError, match="reserved for evaluation"):
@@ -83,7 +93,11 @@ def test_plan_refuses_a_reserved_voice(monkeypatch: pytest.MonkeyPatch) -> None:
         unseen = False
 
     real = corpus.sample_voice
-    monkeypatch.setattr(corpus, "sample_voice", lambda rng, fam, heldout, unseen=False: Kal() if fam == "pico" else real(rng, fam, heldout, unseen))  # fmt: skip
+    monkeypatch.setattr(
+        corpus,
+        "sample_voice",
+        lambda rng, fam, heldout, unseen=False: Kal() if fam == "pico" else real(rng, fam, heldout, unseen),
+    )
     with pytest.raises(reserved.ReservedVoiceError):
         corpus.plan_corpus(
             n_train=50,
