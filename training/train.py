@@ -18,6 +18,7 @@ import json
 import logging
 import math
 import os
+import pickle
 import random
 import re
 import shutil
@@ -287,6 +288,22 @@ def feature_statistics(model: SpeechMamba, dataset: Any, n_items: int, seed: int
     return mean.float(), std.float()
 
 
+def load_training_state(path: Path) -> dict[str, Any]:
+    """A checkpoint's training state, read with ``weights_only=True``: tensors and plain values only.
+
+    Why: ``torch.load`` with full unpickling runs whatever code a tampered (or downloaded)
+    ``training_state.pt`` carries; ``--resume`` must never execute a file's contents. States written
+    before this change held a numpy array (the numpy RNG) and are refused the same way.
+    """
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise ValueError(
+            f"{path}: refused to load: it holds more than tensors and plain Python values "
+            f"(a pickled object; possibly written by an older mambaserve, or tampered with): {e}"
+        ) from None
+
+
 # ------------------------------------------------------------------------------------------------
 # The trainer
 # ------------------------------------------------------------------------------------------------
@@ -356,10 +373,18 @@ class Trainer:
 
     # -- state ---------------------------------------------------------------------------------------
     def _rng_state(self) -> dict[str, Any]:
+        """This rank's random states as tensors and plain Python values only (loadable with weights_only)."""
+        name, keys, pos, has_gauss, gauss = np.random.get_state()
         state = {
             "torch": torch.get_rng_state(),
-            "python": self.rng.getstate(),
-            "numpy": np.random.get_state(),
+            "python": self.rng.getstate(),  # (version, tuple of ints, None): plain types
+            "numpy": (
+                str(name),
+                torch.from_numpy(keys.astype(np.int64)),
+                int(pos),
+                int(has_gauss),
+                float(gauss),
+            ),
         }
         if torch.cuda.is_available():
             state["cuda"] = torch.cuda.get_rng_state_all()
@@ -368,7 +393,8 @@ class Trainer:
     def _set_rng_state(self, state: dict[str, Any]) -> None:
         torch.set_rng_state(state["torch"])
         self.rng.setstate(state["python"])
-        np.random.set_state(state["numpy"])
+        name, keys, pos, has_gauss, gauss = state["numpy"]
+        np.random.set_state((name, np.asarray(keys, dtype=np.int64).astype(np.uint32), pos, has_gauss, gauss))
         if state.get("cuda") is not None and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["cuda"])
 
@@ -385,20 +411,11 @@ class Trainer:
         return buffer.getvalue()
 
     def _load_training_state(self, path: Path) -> None:
-        state = torch.load(path / TRAINING_STATE, map_location="cpu", weights_only=False)
+        state = load_training_state(path / TRAINING_STATE)
         self.optimizer.load_state_dict(state["optimizer"])
         self.schedule.load_state_dict(state["schedule"])
         self.stream.load_state_dict(state["stream"])
-        ranks = state.get("rng")
-        if ranks is None:  # written before per-rank states: rank 0's, for every rank
-            ranks = [
-                {
-                    "torch": state["torch_rng"],
-                    "python": state["python_rng"],
-                    "numpy": state["numpy_rng"],
-                    "cuda": state.get("cuda_rng"),
-                }
-            ]
+        ranks = state["rng"]
         if len(ranks) == self.dist.world:
             self._set_rng_state(ranks[self.dist.rank])
         else:

@@ -19,7 +19,7 @@ from mambaserve.model.recognizer import Recognizer
 from mambaserve.model.scoring import score
 from mambaserve.model.tokenizer import BOS_ID, EOS_ID, PAD_ID, UNK_ID, Tokenizer, train_tokenizer
 from mambaserve.training.dataset import ManifestDataset, collate_audio
-from mambaserve.training.train import Trainer, feature_statistics
+from mambaserve.training.train import TRAINING_STATE, Trainer, feature_statistics
 
 REPO = helpers.ROOT
 
@@ -87,6 +87,38 @@ def test_resume_continues_exactly(tiny_train_config) -> None:
     got = resumed.train_step(next(iter(resumed.stream)))
     for key in ("loss", "ctc", "ce", "lr"):
         assert got[key] == expected[key], key
+
+
+class _Payload:
+    """What a tampered training_state.pt could carry: unpickling it calls open(marker, "w")."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (str(self.marker), "w"))
+
+
+def test_resume_reads_plain_state_and_refuses_a_pickle_payload(tiny_train_config, tmp_path: Path) -> None:
+    """--resume loads training_state.pt with weights_only=True: a checkpoint resumes, and a state file
+    carrying a pickled callable is refused before anything in it runs."""
+    config = tiny_train_config
+    trainer = Trainer(config)
+    trainer.train_step(next(iter(trainer.stream)))
+    path = trainer.save()
+    state_file = path / TRAINING_STATE
+    state = torch.load(state_file, map_location="cpu", weights_only=True)  # tensors and plain values
+    assert state["schedule"]["step_count"] == 1
+    assert Trainer(config, resume=True).schedule.step_count == 1
+
+    marker = tmp_path / "payload-ran"
+    torch.save({**state, "schedule": _Payload(marker)}, state_file)
+    torch.load(state_file, weights_only=False)  # the payload is live: full unpickling runs it
+    assert marker.exists()
+    marker.unlink()
+    with pytest.raises(ValueError, match="refused to load"):
+        Trainer(config, resume=True)
+    assert not marker.exists()
 
 
 def test_fit_writes_averaged_final_checkpoint(tiny_train_config) -> None:
