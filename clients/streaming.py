@@ -13,13 +13,14 @@ the chunks like a live source: each chunk is sent when its last sample would hav
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import itertools
 import os
 import queue
 import random
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -191,3 +192,124 @@ class StreamingClient:
                 "the stream ended without a final transcript", status=None, model=self.model, url=self.url
             )
         return results
+
+
+class LiveStream:
+    """One `asr_streaming` sequence fed by a live source, for asyncio code (the web gateway).
+
+    Unlike `StreamingClient.stream`, the audio is not known in advance: `send()` takes pieces of any
+    size as they are recorded, cuts them into `chunk_ms` chunks (START on the first), and `end()` sends
+    the rest with END. `results()` yields each chunk's answer in order; the last one is final. Uses a
+    `tritonclient.grpc.aio` client (shared by many streams: each LiveStream is one bidirectional call).
+
+        stream = LiveStream(aio_client, url=url, prompt="Names: Ada.")
+        await stream.send(samples)          # float32 at 16 kHz, any length
+        await stream.end()
+        async for r in stream.results(): ...
+    """
+
+    def __init__(
+        self,
+        client,
+        *,
+        url: str = DEFAULT_URLS["grpc"],
+        model: str = spec.ASR_STREAMING,
+        chunk_ms: float = 320.0,
+        prompt: str | None = None,
+        sequence_id: int | None = None,
+    ):
+        if not chunk_ms > 0:
+            raise ValueError(f"chunk_ms must be > 0, got {chunk_ms}")
+        import tritonclient.grpc as grpcclient
+
+        self._module = grpcclient
+        self.url, self.model, self.prompt = url, model, prompt
+        self.sequence_id = sequence_id if sequence_id is not None else new_sequence_id()
+        self.chunk_samples = max(1, round(chunk_ms * spec.SAMPLE_RATE / 1000))
+        self._pending: list[np.ndarray] = []
+        self._pending_len = 0
+        self._sent_samples = 0
+        self._chunks_sent = 0
+        self._sent: list[tuple[float, float]] = []  # (perf_counter at send, audio end s) per chunk
+        self._requests: asyncio.Queue = asyncio.Queue()
+        self._ended = False
+        self._responses = client.stream_infer(self._request_iter())
+
+    @property
+    def started(self) -> bool:
+        """Whether the sequence has reached the server (its first chunk, with START, was sent)."""
+        return self._chunks_sent > 0
+
+    @property
+    def ended(self) -> bool:
+        return self._ended
+
+    @property
+    def audio_seconds(self) -> float:
+        """Seconds of audio taken so far (sent or buffered)."""
+        return (self._sent_samples + self._pending_len) / spec.SAMPLE_RATE
+
+    async def _request_iter(self):
+        while (item := await self._requests.get()) is not None:
+            yield item
+
+    def _enqueue(self, chunk: np.ndarray, end: bool) -> None:
+        first = self._chunks_sent == 0
+        self._sent_samples += len(chunk)
+        self._sent.append((time.perf_counter(), self._sent_samples / spec.SAMPLE_RATE))
+        self._requests.put_nowait(
+            {
+                "model_name": self.model,
+                "inputs": chunk_inputs(self._module, chunk, self.prompt if first else None),
+                "sequence_id": self.sequence_id,
+                "sequence_start": first,
+                "sequence_end": end,
+            }
+        )
+        self._chunks_sent += 1
+
+    async def send(self, samples: np.ndarray) -> None:
+        """Buffer `samples` (1-D float32, 16 kHz) and send every full chunk."""
+        if self._ended:
+            raise RuntimeError("the stream has ended")
+        if len(samples) == 0:
+            return
+        self._pending.append(np.ascontiguousarray(samples, dtype=np.float32))
+        self._pending_len += len(samples)
+        if self._pending_len < self.chunk_samples:
+            return
+        buf = np.concatenate(self._pending)
+        full = len(buf) - len(buf) % self.chunk_samples
+        for i in range(0, full, self.chunk_samples):
+            self._enqueue(buf[i : i + self.chunk_samples], end=False)
+        rest = buf[full:]
+        self._pending, self._pending_len = ([rest] if len(rest) else []), len(rest)
+
+    async def end(self) -> None:
+        """Send what is buffered (possibly nothing) with END, and close the request side of the call."""
+        if self._ended:
+            return
+        self._ended = True
+        rest = np.concatenate(self._pending) if self._pending else np.zeros(0, np.float32)
+        self._pending, self._pending_len = [], 0
+        self._enqueue(rest, end=True)
+        self._requests.put_nowait(None)
+
+    async def results(self) -> AsyncIterator[ChunkResult]:
+        """Each chunk's answer in order, until the final one; a refused chunk raises ServerError."""
+        index = 0
+        async for result, error in self._responses:
+            if error is not None:
+                raise ServerError(error.message() or str(error), status=None, model=self.model, url=self.url)
+            text, final = parse_chunk(result)
+            sent_at, audio_end = self._sent[index] if index < len(self._sent) else (time.perf_counter(), 0.0)
+            yield ChunkResult(index, text, final, time.perf_counter() - sent_at, audio_end)
+            index += 1
+            if final:
+                return
+
+    def cancel(self) -> None:
+        """Cut the call without waiting for answers (after `end()`, the server still frees the slot)."""
+        with contextlib.suppress(Exception):
+            self._requests.put_nowait(None)
+            self._responses.cancel()

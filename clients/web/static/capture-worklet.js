@@ -1,0 +1,70 @@
+// AudioWorklet processor: microphone frames -> 16 kHz mono float32, posted in ~100 ms pieces.
+// Runs on the audio thread. When the AudioContext already runs at 16 kHz (Chrome resamples the
+// microphone for us) the samples pass through; otherwise they are resampled by linear interpolation
+// after a short moving-average low-pass (enough for speech recognition, not for music).
+const TARGET_RATE = 16000;
+
+class CaptureProcessor extends AudioWorkletProcessor {
+  constructor() {
+    super();
+    this.ratio = sampleRate / TARGET_RATE; // input samples per output sample
+    this.pos = 0; // fractional read position into `this.tail` + current block
+    this.tail = new Float32Array(0); // input samples not consumed yet
+    this.out = [];
+    this.outLen = 0;
+    this.piece = Math.round(TARGET_RATE / 10);
+    this.taps = Math.max(1, Math.floor(this.ratio));
+  }
+
+  process(inputs) {
+    const input = inputs[0];
+    if (!input || input.length === 0 || input[0].length === 0) return true;
+    const n = input[0].length;
+    const mono = new Float32Array(n);
+    for (const channel of input) for (let i = 0; i < n; i++) mono[i] += channel[i] / input.length;
+    if (this.ratio === 1) {
+      this.push(mono);
+    } else {
+      const x = new Float32Array(this.tail.length + n);
+      x.set(this.tail);
+      x.set(mono, this.tail.length);
+      const out = [];
+      while (this.pos + 1 < x.length) {
+        const i = Math.floor(this.pos);
+        const frac = this.pos - i;
+        out.push(this.smooth(x, i) * (1 - frac) + this.smooth(x, i + 1) * frac);
+        this.pos += this.ratio;
+      }
+      const keep = Math.max(0, Math.floor(this.pos) - this.taps);
+      this.tail = x.slice(keep);
+      this.pos -= keep;
+      this.push(Float32Array.from(out));
+    }
+    return true;
+  }
+
+  smooth(x, i) {
+    let sum = 0;
+    let count = 0;
+    for (let k = 0; k < this.taps && i - k >= 0; k++, count++) sum += x[i - k];
+    return sum / Math.max(count, 1);
+  }
+
+  push(samples) {
+    this.out.push(samples);
+    this.outLen += samples.length;
+    if (this.outLen >= this.piece) {
+      const all = new Float32Array(this.outLen);
+      let at = 0;
+      for (const s of this.out) {
+        all.set(s, at);
+        at += s.length;
+      }
+      this.out = [];
+      this.outLen = 0;
+      this.port.postMessage(all, [all.buffer]);
+    }
+  }
+}
+
+registerProcessor("capture-processor", CaptureProcessor);
