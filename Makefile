@@ -11,13 +11,14 @@ GRPC_PORT ?= 8001
 METRICS_PORT ?= 8002
 export HTTP_PORT GRPC_PORT METRICS_PORT
 
-.PHONY: help venv system-deps demo test test-slow lint data eval-data train evaluate repo serve bench bench-kernels gpu-check gpu-check-clips gpu-check-dry-run soak clean
+.PHONY: help venv system-deps demo test test-slow lint data eval-data train evaluate repo serve web bench bench-kernels gpu-check gpu-check-clips gpu-check-dry-run soak clean
 
 help:
 	@echo "make demo   - set up, build the model repository, start tritonserver, transcribe the sample clips"
 	@echo "make test   - set up and run the test suite (real tritonserver, real clients)"
 	@echo "make train  - regenerate data and retrain the default checkpoint (~60 min on 2 CPU cores)"
 	@echo "make serve  - run tritonserver in the foreground on $(REPO)"
+	@echo "make web    - the page that listens (clients/web) on http://127.0.0.1:$(WEB_PORT)/, next to make serve"
 	@echo "make bench / bench-kernels / soak / lint"
 	@echo "make gpu-check-clips, gpu-check-dry-run (CPU) / gpu-check (on a CUDA host) - see kernels/BENCHMARKS.md"
 
@@ -41,6 +42,11 @@ system-deps:
 	@if ! command -v prometheus >/dev/null; then \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq prometheus >/dev/null; \
+	fi
+	@# Headless Chromium and its WebDriver for the browser tests of clients/web (tests/clients/test_web.py).
+	@if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium chromium-driver fonts-dejavu-core >/dev/null; \
 	fi
 	@$(PYTHON) training/setup_voices.py --eval
 
@@ -82,6 +88,14 @@ repo: venv
 
 serve: venv
 	$(PY) -m mambaserve.serving.server --repository $(REPO)
+
+# The page that listens (clients/web): microphone -> WebSocket -> gateway -> asr_streaming over gRPC,
+# file upload -> asr. Next to a running `make serve` (its gRPC port: GRPC_PORT).
+WEB_HOST ?= 127.0.0.1
+WEB_PORT ?= 8080
+WEB_ARGS ?=
+web: venv
+	$(PY) -m mambaserve.clients.web --grpc-url 127.0.0.1:$(GRPC_PORT) --host $(WEB_HOST) --port $(WEB_PORT) $(WEB_ARGS)
 
 bench: venv system-deps
 	$(PY) -m mambaserve.loadtest.streaming_bench
