@@ -3,7 +3,8 @@ a Recognizer, request validation and padding.
 
 Pure numpy (no triton_python_backend_utils; torch only inside the functions that need it), so it is
 importable and testable outside a stub. Validation errors are ValueErrors whose message names the
-input and the limit; the models turn them into a `pb_utils.TritonError` for that request only.
+input and the limit; the models turn them into a `pb_utils.TritonError` for that request only, with the
+status code :func:`error_code` picks (the one place that maps an error to a status code).
 """
 
 from __future__ import annotations
@@ -19,6 +20,58 @@ from mambaserve.contract import spec
 
 CHECKPOINT_DIR = "checkpoint"
 """Inside a python model's version folder: the weights/config/tokenizer that model needs."""
+
+# -- status codes --------------------------------------------------------------------------------
+# The codes of `pb_utils.TritonError` in tritonserver 2.51 (the stub has no RESOURCE_EXHAUSTED nor
+# PERMISSION_DENIED). What the frontends make of them (measured on 2.51, see tests/serving/test_hostile.py):
+INVALID_ARG = "INVALID_ARG"
+"""The client's fault, do not retry as is: gRPC INVALID_ARGUMENT, HTTP 400."""
+UNAVAILABLE = "UNAVAILABLE"
+"""Out of capacity (a full pool, a client over its cap), retry later: gRPC UNAVAILABLE, HTTP 503."""
+ALREADY_EXISTS = "ALREADY_EXISTS"
+"""START on a correlation ID that is live: gRPC ALREADY_EXISTS, HTTP 400."""
+INTERNAL = "INTERNAL"
+"""Our fault (a failed decode, a broken batch): gRPC INTERNAL, HTTP 500."""
+
+
+class RequestError(ValueError):
+    """A request refused because of what the client sent; ``code`` is its status code."""
+
+    code = INVALID_ARG
+
+
+class CapacityError(RequestError):
+    """A request refused because a limit of concurrent work is reached (retry later)."""
+
+    code = UNAVAILABLE
+
+
+def error_code(error: BaseException | None) -> str:
+    """The status code of an error: its ``code``, else INVALID_ARG for any ValueError (the validation
+    functions here raise those), else INTERNAL."""
+    code = getattr(error, "code", None)
+    if isinstance(code, str):
+        return code
+    return INVALID_ARG if isinstance(error, ValueError) else INTERNAL
+
+
+def triton_error(error: BaseException | str, code: str | None = None, pb_utils=None):
+    """``pb_utils.TritonError(message, code)`` for an exception (code from :func:`error_code`) or a
+    message (``code`` given, default INTERNAL). Every backend builds its errors here so that clients
+    can tell "fix your request" (400) from "retry later" (503) from "our fault" (500)."""
+    if pb_utils is None:
+        import triton_python_backend_utils as pb_utils  # only inside a python backend stub
+    if code is None:
+        code = INTERNAL if isinstance(error, str) else error_code(error)
+    return pb_utils.TritonError(str(error), getattr(pb_utils.TritonError, code))
+
+
+def error_response(error: BaseException | str, code: str | None = None, pb_utils=None):
+    """An ``InferenceResponse`` carrying :func:`triton_error`."""
+    if pb_utils is None:
+        import triton_python_backend_utils as pb_utils
+    return pb_utils.InferenceResponse(error=triton_error(error, code, pb_utils))
+
 
 MAX_ABS_SAMPLE = 2.0
 """Audio is float in [-1, 1]; a peak above this is almost surely int16-scaled samples sent as float."""

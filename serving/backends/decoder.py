@@ -17,7 +17,13 @@ import torch
 import triton_python_backend_utils as pb_utils
 from mambaserve.contract import spec
 from mambaserve.model.network import EncoderOutput
-from mambaserve.serving.backends.common import decode_prompts, load_recognizer, pad_stack, parameter
+from mambaserve.serving.backends.common import (
+    decode_prompts,
+    error_response,
+    load_recognizer,
+    pad_stack,
+    parameter,
+)
 from mambaserve.serving.metrics import DECODER_REJECTION_REASONS, Metrics
 
 _INPUTS = (spec.PREFIX, spec.PREFIX_LENGTHS, spec.CTC_LOGPROBS, spec.CTC_LENGTHS)
@@ -95,7 +101,7 @@ class TritonPythonModel:
                 items.append(self._read(request))
                 index.append(i)
             except ValueError as e:
-                responses[i] = pb_utils.InferenceResponse(error=pb_utils.TritonError(str(e)))
+                responses[i] = error_response(e, pb_utils=pb_utils)
                 self.metrics.rejected(
                     self.name, "prompt" if f"'{spec.PROMPT.name}'" in str(e) else "invalid_input"
                 )
@@ -109,8 +115,8 @@ class TritonPythonModel:
                 try:
                     responses[i] = self._response(self._decode([item])[0])
                 except Exception as e:  # this request's own failure, reported to it alone
-                    responses[i] = pb_utils.InferenceResponse(
-                        error=pb_utils.TritonError(f"decoding failed: {type(e).__name__}: {e}")
+                    responses[i] = error_response(
+                        f"decoding failed: {type(e).__name__}: {e}", pb_utils=pb_utils
                     )
                     self.metrics.rejected(self.name, "decode_error")
         return responses

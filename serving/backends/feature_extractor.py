@@ -17,7 +17,9 @@ from mambaserve.serving.backends.common import (
     bucket_frames,
     checkpoint_dir,
     configure_torch_threads,
+    error_response,
     torch_device,
+    triton_error,
     validate_audio,
 )
 from mambaserve.serving.metrics import (
@@ -51,7 +53,7 @@ class TritonPythonModel:
                 audio = audio.as_numpy()
                 valid.append((i, validate_audio(audio, min_samples=self.min_samples)))
             except ValueError as e:
-                responses[i] = pb_utils.InferenceResponse(error=pb_utils.TritonError(str(e)))
+                responses[i] = error_response(e, pb_utils=pb_utils)
                 self.metrics.rejected(self.name, audio_rejection_reason(audio, min_samples=self.min_samples))
         if not valid:
             return responses
@@ -67,7 +69,7 @@ class TritonPythonModel:
             feats = feats.float().cpu().numpy()
             feat_lengths = feat_lengths.cpu().numpy().astype(np.int64)
         except Exception as e:  # a failure here concerns the whole batch: report it on every request
-            error = pb_utils.TritonError(f"feature extraction failed: {type(e).__name__}: {e}")
+            error = triton_error(f"feature extraction failed: {type(e).__name__}: {e}", pb_utils=pb_utils)
             for i, _ in valid:
                 responses[i] = pb_utils.InferenceResponse(error=error)
             self.metrics.rejected(self.name, INTERNAL, len(valid))

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
+from mambaserve.serving.backends.common import INVALID_ARG, triton_error
 
 _ORT_TO_NUMPY = {
     "tensor(float)": np.float32,
@@ -183,7 +184,7 @@ class TritonPythonModel:
                 feeds = self._read(request)
             except ValueError as e:
                 responses[i] = pb_utils.InferenceResponse(
-                    error=pb_utils.TritonError(f"model '{self.name}': {e}")
+                    error=triton_error(f"model '{self.name}': {e}", INVALID_ARG, pb_utils)
                 )
                 continue
             if self.batching:
@@ -202,7 +203,7 @@ class TritonPythonModel:
                     }
                 results = self.session.run(self.outputs, feeds)
             except Exception as e:  # any onnxruntime failure becomes this group's error
-                error = pb_utils.TritonError(f"model '{self.name}': onnxruntime failed: {e}")
+                error = triton_error(f"model '{self.name}': onnxruntime failed: {e}", pb_utils=pb_utils)
                 for i, _ in members:
                     responses[i] = pb_utils.InferenceResponse(error=error)
                 continue
