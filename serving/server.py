@@ -33,6 +33,16 @@ from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 
+from mambaserve.serving.admin_key import (
+    AdminKeyError,
+    admin_headers,
+    grpc_admin_headers,
+    load_admin_key,
+    restriction_flags,
+)
+from mambaserve.serving.stubs import remove_stale_shm_regions
+from mambaserve.serving.watchdog import Watchdog
+
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_HTTP_PORT = 8000
 DEFAULT_GRPC_PORT = 8001
@@ -212,6 +222,7 @@ class TritonServer:
         startup_timeout: float = 180.0,
         backend_dir: str | os.PathLike | None = None,
         extra_args: list[str] | tuple[str, ...] = (),
+        admin_key: str | None = None,
     ):
         if model_control_mode not in (None, "none", "poll", "explicit"):
             raise ValueError(
@@ -233,6 +244,8 @@ class TritonServer:
         self.startup_timeout = startup_timeout
         self._backend_dir = Path(backend_dir) if backend_dir else None
         self.extra_args = tuple(extra_args)
+        self._admin_key = admin_key
+        self.removed_shm: list[Path] = []
         self._install: TritonInstall | None = None
         self._proc: subprocess.Popen | None = None
         self._pump: threading.Thread | None = None
@@ -256,6 +269,26 @@ class TritonServer:
     @property
     def pid(self) -> int | None:
         return self._proc.pid if self._proc else None
+
+    @property
+    def admin_key(self) -> str:
+        """The key the restricted APIs demand: the one given, else :func:`load_admin_key` (created once)."""
+        if self._admin_key is None:
+            try:
+                self._admin_key = load_admin_key(create=True)
+            except AdminKeyError as e:
+                raise ServerError(str(e)) from None
+        return self._admin_key
+
+    @property
+    def admin_headers(self) -> dict[str, str]:
+        """`{"x-admin-key": KEY}`: the HTTP header the restricted APIs demand."""
+        return admin_headers(self.admin_key)
+
+    @property
+    def grpc_admin_headers(self) -> dict[str, str]:
+        """The gRPC metadata the restricted protocols demand (`triton-grpc-protocol-x-admin-key`)."""
+        return grpc_admin_headers(self.admin_key)
 
     # -- command -------------------------------------------------------------------------------
     def backend_dir(self) -> Path:
@@ -284,6 +317,8 @@ class TritonServer:
             "--strict-readiness=true",
             "--exit-on-error=true",
             f"--log-verbose={self.log_verbose}",
+            # model control, shared memory, logging and trace settings only with the admin key
+            *restriction_flags(self.admin_key),
         ]
         if self.model_control_mode and self.model_control_mode != "none":
             cmd.append(f"--model-control-mode={self.model_control_mode}")
@@ -300,6 +335,14 @@ class TritonServer:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         self._tail.clear()
         self._failures.clear()
+        # A crashed or SIGKILLed server leaves its python-backend regions in /dev/shm (1 MB+ each,
+        # forever): remove those no live process holds before adding ours.
+        self.removed_shm = remove_stale_shm_regions()
+        if self.removed_shm and self.echo:
+            print(
+                f"[mambaserve] removed {len(self.removed_shm)} stale /dev/shm region(s) of dead servers",
+                file=sys.stderr,
+            )
         self._proc = subprocess.Popen(
             cmd,
             # Not the caller's directory: the python stubs put their working directory first on
@@ -352,13 +395,19 @@ class TritonServer:
         return self._proc is not None and self._proc.poll() is None
 
     def _http(
-        self, method: str, path: str, body: bytes | None = None, timeout: float = 5.0
+        self,
+        method: str,
+        path: str,
+        body: bytes | None = None,
+        timeout: float = 5.0,
+        admin: bool = False,
     ) -> tuple[int, bytes]:
         conn = http.client.HTTPConnection(self.host, self.http_port, timeout=timeout)
+        headers = {"Content-Type": "application/json"} if body else {}
+        if admin:
+            headers.update(self.admin_headers)
         try:
-            conn.request(
-                method, path, body=body, headers={"Content-Type": "application/json"} if body else {}
-            )
+            conn.request(method, path, body=body, headers=headers)
             resp = conn.getresponse()
             return resp.status, resp.read()
         finally:
@@ -437,18 +486,22 @@ class TritonServer:
     # -- model control (explicit mode) -----------------------------------------------------------
     def load_model(self, name: str, timeout: float = 300.0) -> None:
         """POST /v2/repository/models/NAME/load; raises ModelLoadError with the server's reason."""
-        status, body = self._http("POST", f"/v2/repository/models/{name}/load", body=b"{}", timeout=timeout)
+        status, body = self._http(
+            "POST", f"/v2/repository/models/{name}/load", body=b"{}", timeout=timeout, admin=True
+        )
         if status != 200:
             raise ModelLoadError({name: _error_text(body)})
 
     def unload_model(self, name: str, timeout: float = 60.0) -> None:
-        status, body = self._http("POST", f"/v2/repository/models/{name}/unload", body=b"{}", timeout=timeout)
+        status, body = self._http(
+            "POST", f"/v2/repository/models/{name}/unload", body=b"{}", timeout=timeout, admin=True
+        )
         if status != 200:
             raise ServerError(f"unloading model '{name}' failed: {_error_text(body)}")
 
     def repository_index(self) -> list[dict]:
         """The server's view of the repository: [{name, version, state, reason}, ...]."""
-        status, body = self._http("POST", "/v2/repository/index", body=b"{}")
+        status, body = self._http("POST", "/v2/repository/index", body=b"{}", admin=True)
         if status != 200:
             raise ServerError(f"repository index failed: {_error_text(body)}")
         return json.loads(body)
@@ -474,6 +527,28 @@ def _env_port(name: str, default: int) -> int:
         raise SystemExit(f"error: environment variable {name}={value!r} is not a port number") from None
 
 
+def start_watchdog(server: TritonServer, interval: float = 1.0) -> Watchdog:
+    """The watchdog as a thread of this process: reloads a model whose stub died (needs explicit mode).
+
+    Started right after readiness, so that it learns the healthy stubs before any can die.
+    """
+    if server.model_control_mode != "explicit":
+        print(
+            "[mambaserve] warning: not in explicit model control mode: the watchdog cannot reload a "
+            "model whose stub died (restart the server instead)",
+            file=sys.stderr,
+        )
+    dog = Watchdog(
+        server.http_url,
+        server.pid,
+        interval=interval,
+        log=lambda line: print(line, file=sys.stderr, flush=True),
+        admin_key=server.admin_key,
+    )
+    dog.check_once()  # learn the healthy stubs now
+    return dog.start()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m mambaserve.serving.server",
@@ -482,8 +557,20 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--repository", default="model_repository", help="model repository folder")
     parser.add_argument("--host", default=DEFAULT_HOST, help="address to bind (default 127.0.0.1)")
-    parser.add_argument("--model-control-mode", choices=["none", "poll", "explicit"], default="none")
-    parser.add_argument("--load-model", action="append", default=[], help="with explicit mode: model to load")
+    parser.add_argument(
+        "--model-control-mode",
+        choices=["none", "poll", "explicit"],
+        default="explicit",
+        help="default explicit: the watchdog can reload a model whose stub died (the repository API "
+        "is restricted to the admin key)",
+    )
+    parser.add_argument(
+        "--load-model", action="append", default=[], help="with explicit mode: model to load (default: *)"
+    )
+    parser.add_argument(
+        "--no-watchdog", action="store_true", help="do not reload models whose stub process died"
+    )
+    parser.add_argument("--watchdog-interval", type=float, default=1.0, help="seconds between checks")
     parser.add_argument("--log-file", default=None, help="also write the server log here")
     parser.add_argument("--log-verbose", type=int, default=0)
     parser.add_argument("--startup-timeout", type=float, default=300.0)
@@ -504,7 +591,7 @@ def main(argv: list[str] | None = None) -> int:
         metrics_port=_env_port("METRICS_PORT", DEFAULT_METRICS_PORT),
         host=args.host,
         model_control_mode=None if args.model_control_mode == "none" else args.model_control_mode,
-        load_models=args.load_model,
+        load_models=args.load_model or (["*"] if args.model_control_mode == "explicit" else []),
         log_path=args.log_file,
         log_verbose=args.log_verbose,
         echo=True,
@@ -512,9 +599,12 @@ def main(argv: list[str] | None = None) -> int:
         extra_args=extra,
     )
     stopping = threading.Event()
+    dog = None
 
     def _on_signal(signum, _frame):
         stopping.set()
+        if dog is not None:
+            dog._stop.set()  # no reloads while the server shuts down
         print(f"\n[mambaserve] signal {signum}: stopping tritonserver...", file=sys.stderr, flush=True)
         if server.is_alive():
             with contextlib.suppress(ProcessLookupError):
@@ -536,6 +626,8 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         print(f"\n[mambaserve] error: {str(e).splitlines()[0]}", file=sys.stderr)
         return 1
+    if not args.no_watchdog:
+        dog = start_watchdog(server, args.watchdog_interval)
     print(
         f"[mambaserve] ready: HTTP {server.http_url}  gRPC {server.grpc_url}  metrics "
         f"http://{server.metrics_url}/metrics  (Ctrl-C stops)",
@@ -543,6 +635,8 @@ def main(argv: list[str] | None = None) -> int:
         flush=True,
     )
     code = server.wait()
+    if dog is not None:
+        dog.stop()
     server.stop()
     if stopping.is_set():
         return 0

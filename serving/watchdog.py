@@ -10,7 +10,9 @@ is gone or a zombie, and reloads its model through the repository API: unload (r
 false, honestly, while the model is down) then load, then reloads any model that went unavailable
 with it (an ensemble). That needs the server in explicit model control mode
 (`--model-control-mode=explicit --load-model=*`); in the default mode the API refuses and the
-watchdog says what the operator must do (restart tritonserver). See deploy/README.md.
+watchdog says what the operator must do (restart tritonserver). The repository API is restricted
+(serving/admin_key.py): the watchdog sends the admin key. `make serve` runs it in-process (a thread of
+the launcher); beside a server started otherwise (the compose file) it runs as:
 
     python -m mambaserve.serving.watchdog --http-url 127.0.0.1:8000 [--server-pid PID] [--interval 1]
 """
@@ -28,9 +30,15 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from mambaserve.serving.admin_key import AdminKeyError, admin_headers, load_admin_key
 from mambaserve.serving.stubs import proc_stat, stub_model
 
 NOT_EXPLICIT = "explicit model load / unload is not allowed"
+RESTRICTED = "This API is restricted"  # Triton's 403 answer without the right x-admin-key
+WRONG_KEY = (
+    "the server refuses the admin key: start the watchdog with the server's key "
+    "($MAMBASERVE_ADMIN_KEY or $MAMBASERVE_ADMIN_KEY_FILE)"
+)
 OPERATOR_ACTION = (
     "restart tritonserver (or run it with --model-control-mode=explicit --load-model=* so that "
     "the watchdog can reload the model)"
@@ -84,6 +92,7 @@ class Watchdog:
     reload_timeout: float = 300.0
     log: object = print
     events: list[Event] = field(default_factory=list)
+    admin_key: str | None = None  # sent as x-admin-key: the repository API is restricted
 
     def __post_init__(self) -> None:
         self._known: dict[str, set[int]] = {}
@@ -95,11 +104,11 @@ class Watchdog:
         self, method: str, path: str, body: dict | None = None, timeout: float = 10.0
     ) -> tuple[int, str]:
         data = json.dumps(body).encode() if body is not None else None
+        headers = {"Content-Type": "application/json"} if data else {}
+        if self.admin_key:
+            headers.update(admin_headers(self.admin_key))
         req = urllib.request.Request(
-            f"http://{self.http_url}{path}",
-            data=data,
-            method=method,
-            headers={"Content-Type": "application/json"} if data else {},
+            f"http://{self.http_url}{path}", data=data, method=method, headers=headers
         )
         try:
             with urllib.request.urlopen(req, timeout=timeout) as resp:
@@ -143,6 +152,8 @@ class Watchdog:
         if status != 200:
             if NOT_EXPLICIT in body:
                 self._event(model, "operator", OPERATOR_ACTION)
+            elif status == 403 or RESTRICTED in body:
+                self._event(model, "operator", WRONG_KEY)
             else:
                 self._event(model, "reload_failed", f"unload: {body}")
             return False
@@ -212,6 +223,11 @@ def main(argv: list[str] | None = None) -> int:
         "--wait", type=float, default=600.0, help="seconds to wait for the server to be ready"
     )
     args = parser.parse_args(argv)
+    try:  # the server's key: never create one here (it would not be the server's)
+        key = load_admin_key(create=False)
+    except AdminKeyError as e:
+        print(f"[watchdog] error: {e}", file=sys.stderr)
+        return 1
     deadline = time.monotonic() + args.wait
     dog = None
     while dog is None:
@@ -221,6 +237,7 @@ def main(argv: list[str] | None = None) -> int:
                 args.server_pid or find_server_pid(),
                 args.interval,
                 log=lambda s: print(s, flush=True),
+                admin_key=key,
             )
             status, _ = dog._call("GET", "/v2/health/ready")
             if status != 200:

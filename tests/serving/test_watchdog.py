@@ -97,7 +97,9 @@ def test_killed_stub_then_watchdog_recovers(model_repository, speech_clips, tmp_
                     time.sleep(0.02)
 
             threading.Thread(target=watch_readiness, daemon=True).start()
-            dog = Watchdog(server.http_url, server.pid, interval=0.2, log=lambda s: None)
+            dog = Watchdog(
+                server.http_url, server.pid, interval=0.2, log=lambda s: None, admin_key=server.admin_key
+            )
             dog._known = stubs  # what it learned while the server was healthy
             started = time.time()
             dog.start()
