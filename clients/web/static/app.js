@@ -2,7 +2,7 @@
 // partial and final transcripts come back on the same socket. A file goes to POST /api/transcribe.
 // Test hook: ?max_seconds=N stops recording by itself after N seconds of audio (Chromium's fake
 // microphone loops its file forever). body[data-state] tells a test where the page is:
-// idle | connecting | recording | finishing | done | error.
+// idle | connecting | recording | finishing | done | error; window.mambaservePartials lists the partials.
 "use strict";
 
 const RATE = 16000;
@@ -11,6 +11,7 @@ const params = new URLSearchParams(location.search);
 const maxSeconds = Number(params.get("max_seconds")) || 0;
 
 let rec = null; // the recording in progress: {ws, ctx, stream, node, sent, stopping}
+const partials = (window.mambaservePartials = []); // every partial received (tests read it)
 
 function setState(state, text) {
   document.body.dataset.state = state;
@@ -127,6 +128,7 @@ function onMessage(r, m) {
     for (const s of r.queue.splice(0)) send(r, s);
     if (r.stopping) r.ws.send(JSON.stringify({ type: "stop" }));
   } else if (m.type === "partial") {
+    partials.push(m.text);
     $("partial").textContent = m.text;
   } else if (m.type === "final") {
     r.gotFinal = true;
