@@ -29,6 +29,10 @@ from mambaserve.serving.server import ServerError, TritonServer, free_port
 
 DEFAULT_SAMPLES = Path(str(resources.files("mambaserve.clients") / "samples" / "samples.jsonl"))
 MODELS = (spec.FEATURE_EXTRACTOR, spec.ENCODER, spec.DECODER, spec.ASR)
+WEB_HINT = (
+    "== speak to it: `make serve` in one shell, `make web` in another, then open http://127.0.0.1:8080/ "
+    "(the page that listens: microphone or a file; clients/README.md)"
+)
 
 
 def staleness(checkpoint: Path, repository: Path) -> str | None:
@@ -152,4 +156,5 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         print("== stopping tritonserver")
         server.stop()
+    print(WEB_HINT)
     return 0

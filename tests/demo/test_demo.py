@@ -62,3 +62,4 @@ def test_demo_transcribes_the_shipped_samples(model_repository, checkpoint_dir, 
         assert f"[{row['id']}]" in out and f"reference:  {row['text']}" in out
     assert out.count("transcript:") == len(samples)
     assert f"== {len(samples)} clips, WER" in out and "stopping tritonserver" in out
+    assert out.rstrip().endswith("clients/README.md)") and "make web" in out  # how to open the page
