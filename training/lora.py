@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib
 import json
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -31,6 +33,26 @@ ADAPTER_DIR = "adapter"
 MERGED_DIR = "merged"
 
 
+CHECKOUT = Path(__file__).resolve().parents[1]
+
+
+def _peft():
+    """peft, imported so that transformers finds the PyPI `kernels` package it needs.
+
+    Why: run from the checkout root (`python -m ...`, pytest), the current directory is on sys.path and
+    our top-level `kernels/` folder (the `mambaserve.kernels` package) would be imported as `kernels`.
+    """
+    shadow = sys.modules.get("kernels")
+    if shadow is not None and str(getattr(shadow, "__file__", "")).startswith(str(CHECKOUT)):
+        del sys.modules["kernels"]
+    saved = sys.path[:]
+    sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != str(CHECKOUT)]
+    try:
+        return importlib.import_module("peft")
+    finally:
+        sys.path[:] = saved
+
+
 @dataclass
 class LoraSettings:
     rank: int = 8
@@ -41,25 +63,23 @@ class LoraSettings:
 
 def add_adapters(model: SpeechMamba, settings: LoraSettings) -> SpeechMamba:
     """Wrap ``model.decoder`` in a peft LoRA model; freeze everything but the adapters."""
-    from peft import LoraConfig, get_peft_model
-
-    config = LoraConfig(
+    peft = _peft()
+    config = peft.LoraConfig(
         r=settings.rank,
         lora_alpha=settings.alpha,
         lora_dropout=settings.dropout,
         target_modules=settings.targets,
     )
     model.requires_grad_(False)
-    model.decoder = get_peft_model(model.decoder, config)
+    model.decoder = peft.get_peft_model(model.decoder, config)
     return model
 
 
 def load_adapters(checkpoint: str | Path, adapter_dir: str | Path) -> Checkpoint:
     """A checkpoint with saved adapters applied (unmerged, as during fine-tuning)."""
-    from peft import PeftModel
 
     ckpt = load_checkpoint(checkpoint)
-    ckpt.model.decoder = PeftModel.from_pretrained(ckpt.model.decoder, str(adapter_dir))
+    ckpt.model.decoder = _peft().PeftModel.from_pretrained(ckpt.model.decoder, str(adapter_dir))
     ckpt.model.eval()
     return ckpt
 
