@@ -44,6 +44,19 @@ SHM_REGION = re.compile(r"^triton_\w+_backend_shm_region_")
 backends such as the onnxruntime stand-in (`triton_onnxruntime_backend_shm_region_<uuid>`)."""
 
 
+ATTACHING = ("tritonserver", "triton_python_backend_stub")
+
+
+def _may_attach(proc: Path) -> bool:
+    """Whether an uninspectable process could hold backend regions: only tritonserver and its stubs
+    attach to them, so any other program (named by its readable command line) cannot."""
+    try:
+        argv0 = (proc / "cmdline").read_bytes().split(b"\0")[0]
+    except OSError:
+        return True
+    return not argv0 or Path(argv0.decode(errors="replace")).name in ATTACHING
+
+
 def _shm_references(shm_dir: Path) -> tuple[set[str], set[int]]:
     """(names under `shm_dir` that some process maps or holds open, uids of processes we could not inspect)."""
     names: set[str] = set()
@@ -57,9 +70,10 @@ def _shm_references(shm_dir: Path) -> tuple[set[str], set[int]]:
             fds = [os.readlink(fd) for fd in (entry / "fd").iterdir()]
         except FileNotFoundError:  # exited meanwhile: holds nothing any more
             continue
-        except OSError:  # another user's process (not root): its references are unknown
-            with contextlib.suppress(OSError):
-                blind.add(entry.stat().st_uid)
+        except OSError:  # not ours to inspect (another user's, or init in a sandbox)
+            if _may_attach(entry):
+                with contextlib.suppress(OSError):
+                    blind.add(entry.stat().st_uid)
             continue
         for line in maps.splitlines():
             fields = line.split(maxsplit=5)  # address perms offset dev inode [path]
@@ -91,7 +105,7 @@ def stale_shm_regions(shm_dir: Path = SHM_DIR, min_age: float = 10.0) -> list[Pa
             st = path.stat()
         except OSError:
             continue
-        if path.name in referenced or st.st_uid in blind or now - max(st.st_mtime, st.st_ctime) < min_age:
+        if path.name in referenced or st.st_uid in blind or now - st.st_mtime < min_age:
             continue
         stale.append(path)
     return stale
