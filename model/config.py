@@ -118,12 +118,17 @@ class DecoderConfig:
 class DecodingConfig:
     """How transcripts are produced by default (overridable per call)."""
 
-    method: str = "greedy"  # "greedy" | "beam"
+    method: str = "greedy"  # "greedy" | "beam" | "ctc_lm" (needs lm.arpa + lexicon.txt beside the weights)
     beam_size: int = 4
     ctc_weight: float = 0.0  # >0: joint CTC/decoder scoring in beam search
     length_penalty: float = 0.0
     max_tokens_per_second: float = 12.0
     min_tokens: int = 4
+    # ctc_lm: the lexicon + n-gram search (mambaserve.model.lexicon_search), tuned on dev
+    lm_beam_size: int = 32
+    lm_weight: float = 1.0
+    word_score: float = 0.0
+    hotword_lookahead: float = 6.0
 
 
 @dataclass

@@ -20,6 +20,12 @@ import numpy as np
 import torch
 from mambaserve.contract.spec import MAX_PROMPT_BYTES
 from mambaserve.model.checkpoint import Checkpoint, load_checkpoint
+from mambaserve.model.lexicon_search import (
+    LexiconSearch,
+    LexiconSearchConfig,
+    has_lexicon_lm,
+    parse_hotwords,
+)
 from mambaserve.model.network import EncoderOutput
 from mambaserve.model.search import DecodeStep, beam_search, greedy_search, max_decode_lengths
 from torch import Tensor
@@ -27,6 +33,7 @@ from torch import Tensor
 __all__ = ["EncoderOutput", "Recognizer"]
 
 METHODS = ("greedy", "beam")
+CTC_LM = "ctc_lm"  # CTC beam search with the checkpoint's lexicon + n-gram LM and PROMPT hotwords
 
 
 class Recognizer:
@@ -59,6 +66,39 @@ class Recognizer:
             self.step = OnnxDecodeStep(decode_step, threads=step_threads)
         elif decode_step is not None:
             self.step = decode_step
+        self._lexicon_search: LexiconSearch | None = None
+
+    @property
+    def methods(self) -> tuple[str, ...]:
+        """The decoding methods this checkpoint supports (``ctc_lm`` needs its lm.arpa + lexicon)."""
+        return METHODS + ((CTC_LM,) if has_lexicon_lm(self.checkpoint.path) else ())
+
+    def lexicon_config(self, **overrides) -> LexiconSearchConfig:
+        """The checkpoint's ctc_lm settings (decoding section), with `overrides`."""
+        d = self.config.decoding
+        kw = dict(
+            beam_size=d.lm_beam_size,
+            lm_weight=d.lm_weight,
+            word_score=d.word_score,
+            hotword_lookahead=d.hotword_lookahead,
+        )
+        return LexiconSearchConfig(**{**kw, **overrides})
+
+    @property
+    def lexicon_search(self) -> LexiconSearch:
+        """The compiled lexicon + LM search over this checkpoint's CTC head (built on first use)."""
+        if self._lexicon_search is None:
+            sp = self.tokenizer
+            word_start = sp.sp.piece_to_id("\u2581")
+            self._lexicon_search = LexiconSearch(
+                self.checkpoint.path,
+                [sp.sp.id_to_piece(i) for i in range(sp.vocab_size)],
+                lambda word: sp.encode(word),
+                blank_id=self.config.blank_id,
+                word_start_id=word_start,
+                config=self.lexicon_config(),
+            )
+        return self._lexicon_search
 
     @property
     def compiled_step(self) -> DecodeStep | None:
@@ -128,9 +168,24 @@ class Recognizer:
             step=self.step,
         )
 
+    def decode_ctc_lm(
+        self, enc: EncoderOutput, prompts: Sequence[str | bytes | None] | None = None
+    ) -> list[str]:
+        """Transcripts from the CTC head alone, searched with the lexicon, the LM and the hotwords."""
+        batch = enc.ctc_logprobs.shape[0]
+        hotwords = []
+        for p in prompts or [None] * batch:
+            self.validate_prompt(p)
+            hotwords.append(parse_hotwords(p.decode("utf-8") if isinstance(p, bytes) else p or ""))
+        logprobs = enc.ctc_logprobs.float().cpu().numpy()
+        lengths = enc.ctc_lengths.cpu().tolist()
+        return self.lexicon_search.decode_batch([logprobs[i, : lengths[i]] for i in range(batch)], hotwords)
+
     def decode(
         self, enc: EncoderOutput, prompts: Sequence[str | bytes | None] | None = None, **kwargs
     ) -> list[str]:
+        if (kwargs.get("method") or self.config.decoding.method) == CTC_LM:
+            return self.decode_ctc_lm(enc, prompts)
         return [self.tokenizer.decode(ids) for ids in self.decode_ids(enc, prompts, **kwargs)]
 
     def transcribe(
