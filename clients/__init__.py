@@ -19,6 +19,7 @@ _EXPORTS = {
     "ServerUnavailableError": "mambaserve.clients.request",
     "StreamingClient": "mambaserve.clients.streaming",
     "ChunkResult": "mambaserve.clients.streaming",
+    "LiveStream": "mambaserve.clients.streaming",
     "SessionClient": "mambaserve.clients.session",
     "Session": "mambaserve.clients.session",
     "Generation": "mambaserve.clients.session",

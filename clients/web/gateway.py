@@ -202,8 +202,30 @@ async def _receive(ws: WebSocket, timeout: float) -> dict:
         return {"type": "websocket.disconnect"}
 
 
-async def _forward(ws: WebSocket, stream: LiveStream, stream_id: int, done: asyncio.Future) -> None:
-    """Send each chunk's answer to the browser as it comes; the final resolves `done`."""
+class Reported(Exception):
+    """The forwarding task has told the browser what went wrong and closed the socket."""
+
+
+def as_refusal(exc: BaseException, timeout_s: float) -> Refusal:
+    """What the browser is told about a failure on the server's side."""
+    if isinstance(exc, Refusal):
+        return exc
+    if isinstance(exc, ServerError):
+        return Refusal("server", f"the server refused the stream: {exc.server_message}", CLOSE_ERROR)
+    message = str(exc) or f"no answer from the server within {timeout_s:g} s"
+    return Refusal("unavailable", message, CLOSE_ERROR)
+
+
+async def _refuse(ws: WebSocket, r: Refusal) -> None:
+    await _send(ws, {"type": "error", "code": r.code, "message": r.message})
+    await _close(ws, r.close_code, r.code)
+
+
+async def _forward(
+    ws: WebSocket, stream: LiveStream, stream_id: int, done: asyncio.Future, timeout_s: float
+) -> None:
+    """Send each chunk's answer to the browser as it comes; the final resolves `done`. A failure is
+    reported to the browser at once (the socket is closed), even while the page is only listening."""
     try:
         async for r in _answers(stream):
             if r.is_final:
@@ -214,9 +236,11 @@ async def _forward(ws: WebSocket, stream: LiveStream, stream_id: int, done: asyn
                 return
             await _send(ws, {"type": "partial", "text": r.text, "audio_s": r.audio_end_s})
         raise ServerUnavailableError("the server closed the stream without a final transcript")
-    except Exception as exc:  # handed to the receiving side, which reports it and closes
+    except Exception as exc:
         if not done.done():
-            done.set_exception(exc)
+            log.info("stream %d: %s", stream_id, exc)
+            await _refuse(ws, as_refusal(exc, timeout_s))
+            done.set_exception(Reported())
 
 
 async def _answers(stream: LiveStream) -> AsyncIterator:
@@ -225,8 +249,12 @@ async def _answers(stream: LiveStream) -> AsyncIterator:
             yield r
     except ASRError:
         raise
-    except Exception as exc:  # grpc.aio transport errors: the server went away
-        raise ServerUnavailableError(f"lost the gRPC stream to the server: {exc}") from exc
+    except Exception as exc:  # grpc.aio transport errors (AioRpcError): the server is down or went away
+        code = exc.code() if callable(getattr(exc, "code", None)) else None
+        detail = exc.details() if callable(getattr(exc, "details", None)) else str(exc)
+        if getattr(code, "name", "") == "UNAVAILABLE":
+            raise ServerUnavailableError(f"the server at {stream.url} is unreachable: {detail}") from exc
+        raise ServerUnavailableError(f"lost the gRPC stream to the server at {stream.url}: {detail}") from exc
 
 
 async def stream_endpoint(ws: WebSocket) -> None:
@@ -235,15 +263,8 @@ async def stream_endpoint(ws: WebSocket) -> None:
     cfg = gw.config
     await ws.accept()
     if not gw.streams.try_acquire():
-        await _send(
-            ws,
-            {
-                "type": "error",
-                "code": "busy",
-                "message": f"all {cfg.max_streams} streams of this gateway are in use; try again in a moment",
-            },
-        )
-        await _close(ws, CLOSE_BUSY, "busy")
+        busy = f"all {cfg.max_streams} streams of this gateway are in use; try again in a moment"
+        await _refuse(ws, Refusal("busy", busy, CLOSE_BUSY))
         return
     stream_id = next(gw.ids)
     stream: LiveStream | None = None
@@ -262,7 +283,7 @@ async def stream_endpoint(ws: WebSocket) -> None:
             raise Refusal("protocol", 'the first message must be JSON: {"type": "start", ...}') from None
         stream = LiveStream(gw.stream_client, url=cfg.grpc_url, chunk_ms=cfg.chunk_ms, prompt=prompt)
         done: asyncio.Future = asyncio.get_running_loop().create_future()
-        forward = asyncio.create_task(_forward(ws, stream, stream_id, done))
+        forward = asyncio.create_task(_forward(ws, stream, stream_id, done, cfg.timeout_s))
         await _send(ws, {"type": "ready", "stream_id": stream_id, "limits": cfg.limits()})
         started = time.monotonic()
         total = 0  # samples received
@@ -273,8 +294,8 @@ async def stream_endpoint(ws: WebSocket) -> None:
             except asyncio.TimeoutError:
                 notice = Refusal("idle", f"no audio for {cfg.idle_seconds:g} s: the stream was ended", 1000)
                 break
-            if done.done():  # the server refused a chunk: report it
-                done.result()
+            if done.done():  # the server refused a chunk, or went away: already reported
+                return
             if msg["type"] == "websocket.disconnect":
                 log.info(
                     "stream %d: socket closed mid-utterance after %.1f s; ending it", stream_id, total / 16e3
@@ -316,23 +337,10 @@ async def stream_endpoint(ws: WebSocket) -> None:
         if notice is not None:
             await _send(ws, {"type": "error", "code": notice.code, "message": notice.message})
         await _close(ws, 1000)
-    except Refusal as r:
-        await _send(ws, {"type": "error", "code": r.code, "message": r.message})
-        await _close(ws, r.close_code, r.code)
-    except ServerError as e:
-        await _send(
-            ws,
-            {
-                "type": "error",
-                "code": "server",
-                "message": f"the server refused the stream: {e.server_message}",
-            },
-        )
-        await _close(ws, CLOSE_ERROR, "server")
-    except (ServerUnavailableError, asyncio.TimeoutError) as e:
-        message = str(e) or f"no answer from the server within {cfg.timeout_s:g} s"
-        await _send(ws, {"type": "error", "code": "unavailable", "message": message})
-        await _close(ws, CLOSE_ERROR, "unavailable")
+    except Reported:
+        pass
+    except (Refusal, ServerError, ServerUnavailableError, asyncio.TimeoutError) as e:
+        await _refuse(ws, as_refusal(e, cfg.timeout_s))
     except WebSocketDisconnect:
         pass
     finally:

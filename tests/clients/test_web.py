@@ -185,9 +185,9 @@ async def _stream(
                 pass
 
         reader = asyncio.create_task(receive())
-        await ws.send(json.dumps(start or {"type": "start", "sample_rate": RATE, "format": fmt}))
         n = max(1, int(piece_s * RATE))
-        with contextlib.suppress(ConnectionClosed):
+        with contextlib.suppress(ConnectionClosed):  # a refused stream is closed by the gateway at once
+            await ws.send(json.dumps(start or {"type": "start", "sample_rate": RATE, "format": fmt}))
             for i in range(0, len(audio), n):
                 await ws.send(pcm(audio[i : i + n], fmt))
                 if speed > 0:
@@ -278,20 +278,24 @@ def test_socket_closed_mid_utterance_ends_the_sequence(gateway, triton_server, a
 def test_too_many_streams_are_refused_with_a_clear_message(strict, asr, speech_clips):
     async def scenario() -> tuple[Run, list[str]]:
         held = []
-        for _ in range(2):
-            ws = await connect(f"ws://{strict}/ws/stream")
-            await ws.send(json.dumps({"type": "start", "sample_rate": RATE}))
-            assert json.loads(await ws.recv())["type"] == "ready"
-            await ws.send(pcm(speech_clips[0][1][: RATE // 4], "f32"))
-            held.append(ws)
-        third = await _stream(strict, speech_clips[0][1][:RATE])
-        finals = []
-        for ws in held:
-            await ws.send(json.dumps({"type": "stop"}))
-            async for text in ws:
-                if json.loads(text)["type"] == "final":
-                    finals.append(json.loads(text)["text"])
-        return third, finals
+        try:
+            for _ in range(2):
+                ws = await connect(f"ws://{strict}/ws/stream")
+                held.append(ws)
+                await ws.send(json.dumps({"type": "start", "sample_rate": RATE}))
+                assert json.loads(await ws.recv())["type"] == "ready"
+                await ws.send(pcm(speech_clips[0][1][: RATE // 4], "f32"))
+            third = await _stream(strict, speech_clips[0][1][:RATE])
+            finals = []
+            for ws in held:
+                await ws.send(json.dumps({"type": "stop"}))
+                async for text in ws:
+                    if json.loads(text)["type"] == "final":
+                        finals.append(json.loads(text)["text"])
+            return third, finals
+        finally:
+            for ws in held:
+                await ws.close()
 
     third, finals = asyncio.run(scenario())
     assert third.error["code"] == "busy"
@@ -343,6 +347,24 @@ def test_upload_limits(strict, asr, speech_clips, tmp_path):
     assert status == 200 and body["text"] == asr.transcribe(str(ok)).text
 
 
+def test_unreachable_server_is_explained(tmp_path, speech_clips):
+    with run_gateway(f"127.0.0.1:{free_port()}", tmp_path) as url:  # nothing listens there
+        config = json.loads(_get(f"http://{url}/api/config")[1])
+        assert config["ready"] == {"asr": False, "asr_streaming": False}
+        run = stream(url, speech_clips[0][1])
+        assert run.error["code"] == "unavailable" and "unreachable" in run.error["message"]
+        assert run.close_code == 1011 and not run.of("final")
+        status, body = _post(f"http://{url}/api/transcribe", _wav_bytes(speech_clips[0][1]))
+        assert status == 503 and "unreachable" in body["error"]["message"]
+        assert gateway_streams(url) == 0
+
+
+def _wav_bytes(audio: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    sf.write(buf, audio, RATE, format="WAV", subtype="PCM_16")
+    return buf.getvalue()
+
+
 # ------------------------------------------------------------------------------------------------
 # The page in headless Chromium with a fake microphone
 # ------------------------------------------------------------------------------------------------
@@ -367,7 +389,7 @@ def browser(mic_clip, tmp_path_factory):
     flags = (
         "--headless --no-sandbox --disable-gpu --disable-quic --no-first-run --disable-background-networking"
     )
-    flags += " --disable-component-update --disable-sync --disable-dev-shm-usage --window-size=820,900"
+    flags += " --disable-component-update --disable-sync --disable-dev-shm-usage --window-size=820,800"
     flags += " --use-fake-device-for-media-stream --use-fake-ui-for-media-stream"
     for flag in flags.split():
         options.add_argument(flag)

@@ -81,7 +81,7 @@ async function startRecording() {
 
   const ws = new WebSocket((location.protocol === "https:" ? "wss://" : "ws://") + location.host + "/ws/stream");
   ws.binaryType = "arraybuffer";
-  rec = { ws, ctx, stream, node, sent: 0, ready: false, stopping: false, gotFinal: false, queue: [] };
+  rec = { ws, ctx, stream, node, sent: 0, taken: 0, ready: false, stopping: false, gotFinal: false, queue: [] };
   const mine = rec;
   ws.onopen = () => ws.send(JSON.stringify({ type: "start", sample_rate: RATE, format: "f32", prompt: prompt() }));
   ws.onmessage = (ev) => onMessage(mine, JSON.parse(ev.data));
@@ -100,12 +100,15 @@ async function startRecording() {
 
 function onAudio(r, samples) {
   if (r.stopping) return;
-  if (maxSeconds > 0 && r.sent + samples.length >= maxSeconds * RATE) {
-    samples = samples.subarray(0, Math.max(0, maxSeconds * RATE - r.sent));
+  const limit = Math.round(maxSeconds * RATE);
+  if (maxSeconds > 0 && r.taken + samples.length >= limit) {
+    samples = samples.subarray(0, Math.max(0, limit - r.taken));
+    r.taken += samples.length;
     send(r, samples);
     stopRecording();
     return;
   }
+  r.taken += samples.length;
   send(r, samples);
 }
 
@@ -131,8 +134,7 @@ function onMessage(r, m) {
     partials.push(m.text);
     $("partial").textContent = m.text;
   } else if (m.type === "final") {
-    r.gotFinal = true;
-    $("partial").textContent = "";
+    r.gotFinal = true; // the last partial stays shown above the final, for comparison
     const li = document.createElement("li");
     li.textContent = m.text || "(nothing recognised)";
     li.dataset.streamId = m.stream_id;
