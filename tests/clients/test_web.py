@@ -407,9 +407,12 @@ def _wait(driver, script: str, timeout: float = 90):
     return WebDriverWait(driver, timeout, poll_frequency=0.1).until(lambda d: d.execute_script(script))
 
 
-def test_page_streams_the_microphone(browser, gateway, asr, mic_clip):
+@pytest.mark.parametrize("resample", ["browser", "worklet"])
+def test_page_streams_the_microphone(browser, gateway, asr, mic_clip, resample):
+    """resample: a 16 kHz AudioContext (Chromium resamples), or the worklet's own resampler (the
+    fallback for browsers that cannot open a 16 kHz context on the microphone)."""
     _, n_samples = mic_clip
-    browser.get(f"http://{gateway}/?max_seconds={n_samples / RATE}")
+    browser.get(f"http://{gateway}/?max_seconds={n_samples / RATE}&resample={resample}")
     _wait(browser, "return document.getElementById('server-status').textContent.startsWith('server ready')")
     assert "2× real time" in browser.find_element(By.ID, "limits").text
     browser.find_element(By.ID, "record").click()

@@ -1,8 +1,9 @@
 // The page: microphone -> AudioWorklet (16 kHz mono float32) -> WebSocket -> gateway -> asr_streaming;
 // partial and final transcripts come back on the same socket. A file goes to POST /api/transcribe.
-// Test hook: ?max_seconds=N stops recording by itself after N seconds of audio (Chromium's fake
-// microphone loops its file forever). body[data-state] tells a test where the page is:
-// idle | connecting | recording | finishing | done | error; window.mambaservePartials lists the partials.
+// Test hooks: ?max_seconds=N stops recording by itself after N seconds of audio (Chromium's fake
+// microphone loops its file forever); ?resample=worklet resamples in the worklet, not the browser.
+// body[data-state] tells a test where the page is: idle | connecting | recording | finishing | done |
+// error; window.mambaservePartials lists the partials.
 "use strict";
 
 const RATE = 16000;
@@ -68,9 +69,10 @@ async function startRecording() {
     return;
   }
   try {
-    ctx = new AudioContext({ sampleRate: RATE }); // the browser resamples the microphone
+    // The browser resamples the microphone; ?resample=worklet (tests) takes the fallback path instead.
+    ctx = params.get("resample") === "worklet" ? new AudioContext() : new AudioContext({ sampleRate: RATE });
   } catch (e) {
-    ctx = new AudioContext(); // the worklet resamples instead
+    ctx = new AudioContext(); // this browser cannot: the worklet resamples
   }
   await ctx.audioWorklet.addModule("/static/capture-worklet.js");
   const source = ctx.createMediaStreamSource(stream);

@@ -1,8 +1,25 @@
 // AudioWorklet processor: microphone frames -> 16 kHz mono float32, posted in ~100 ms pieces.
 // Runs on the audio thread. When the AudioContext already runs at 16 kHz (Chrome resamples the
-// microphone for us) the samples pass through; otherwise they are resampled by linear interpolation
-// after a short moving-average low-pass (enough for speech recognition, not for music).
+// microphone for us) the samples pass through; otherwise (a browser that cannot open a 16 kHz context
+// on this microphone) they are low-passed below 7.2 kHz by a 31-tap Hann-windowed sinc, against
+// aliasing, and read at the 16 kHz positions by linear interpolation.
 const TARGET_RATE = 16000;
+
+// Windowed-sinc low-pass taps with unit gain at 0 Hz; `cutoff` in cycles per input sample (0: none).
+function lowpass(cutoff, n) {
+  if (cutoff <= 0) return Float32Array.of(1);
+  const h = new Float32Array(n);
+  const mid = (n - 1) / 2;
+  let sum = 0;
+  for (let k = 0; k < n; k++) {
+    const t = k - mid;
+    const sinc = t === 0 ? 2 * cutoff : Math.sin(2 * Math.PI * cutoff * t) / (Math.PI * t);
+    h[k] = sinc * (0.5 - 0.5 * Math.cos((2 * Math.PI * k) / (n - 1)));
+    sum += h[k];
+  }
+  for (let k = 0; k < n; k++) h[k] /= sum;
+  return h;
+}
 
 class CaptureProcessor extends AudioWorkletProcessor {
   constructor() {
@@ -13,7 +30,8 @@ class CaptureProcessor extends AudioWorkletProcessor {
     this.out = [];
     this.outLen = 0;
     this.piece = Math.round(TARGET_RATE / 10);
-    this.taps = Math.max(1, Math.floor(this.ratio));
+    this.fir = lowpass(this.ratio > 1 ? (0.45 * TARGET_RATE) / sampleRate : 0, 31);
+    this.taps = this.fir.length;
   }
 
   process(inputs) {
@@ -45,9 +63,8 @@ class CaptureProcessor extends AudioWorkletProcessor {
 
   smooth(x, i) {
     let sum = 0;
-    let count = 0;
-    for (let k = 0; k < this.taps && i - k >= 0; k++, count++) sum += x[i - k];
-    return sum / Math.max(count, 1);
+    for (let k = 0; k < this.taps && i - k >= 0; k++) sum += this.fir[k] * x[i - k];
+    return sum;
   }
 
   push(samples) {
