@@ -101,6 +101,18 @@ def main(argv: list[str] | None = None) -> int:
         help="close a decoder session idle this long (default: %(default)s)",
     )
     parser.add_argument(
+        "--session-slots-per-client",
+        type=int,
+        default=spec.SESSION_SLOTS_PER_CLIENT,
+        help=f"live decoder sessions one client ({spec.CLIENT_ID_HEADER}) may hold (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--session-min-audio-s",
+        type=float,
+        default=spec.MIN_SESSION_AUDIO_SECONDS,
+        help="shortest audio a decoder session may start with (default: %(default)s)",
+    )
+    parser.add_argument(
         "--session-state-dtype",
         choices=["float32", "float16", "bfloat16"],
         default="float32",
@@ -136,6 +148,8 @@ def main(argv: list[str] | None = None) -> int:
             stream_idle_s=args.stream_idle_s,
             session_slots=args.session_slots,
             session_idle_s=args.session_idle_s,
+            session_slots_per_client=args.session_slots_per_client,
+            session_min_audio_s=args.session_min_audio_s,
             session_state_dtype=args.session_state_dtype,
             decode_step=args.decode_step,
         )

@@ -95,6 +95,10 @@ class BuildOptions:
     """Concurrent decoder sessions."""
     session_idle_s: float = spec.SESSION_IDLE_SECONDS
     """A decoder session idle this long is closed."""
+    session_slots_per_client: int = spec.SESSION_SLOTS_PER_CLIENT
+    """Live decoder sessions one client (the forwarded x-client-id) may hold."""
+    session_min_audio_s: float = spec.MIN_SESSION_AUDIO_SECONDS
+    """Shortest AUDIO a decoder session may start with."""
     session_state_dtype: str = "float32"
     """Storage of kept session states: float32 (exact) or float16/bfloat16 (half the bytes)."""
     decode_step: str = "onnx"
@@ -105,6 +109,10 @@ class BuildOptions:
     def __post_init__(self) -> None:
         if self.stream_slots < 1 or self.session_slots < 1:
             raise ValueError("stream_slots and session_slots must be >= 1")
+        if self.session_slots_per_client < 1:
+            raise ValueError("session_slots_per_client must be >= 1")
+        if not self.session_min_audio_s >= 0:
+            raise ValueError("session_min_audio_s must be >= 0 seconds")
         if not (self.stream_idle_s > 0 and self.session_idle_s > 0):
             raise ValueError("stream_idle_s and session_idle_s must be > 0 seconds")
         if self.decode_step not in DECODE_STEPS:
@@ -522,6 +530,8 @@ def _stateful_configs(specs, options: BuildOptions) -> dict:
                 ses,
                 {
                     "max_sessions": str(options.session_slots),
+                    "max_sessions_per_client": str(options.session_slots_per_client),
+                    "min_audio_seconds": repr(float(options.session_min_audio_s)),
                     "idle_seconds": repr(float(options.session_idle_s)),
                     "state_dtype": options.session_state_dtype,
                     **decoding,

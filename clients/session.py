@@ -10,6 +10,11 @@
 gRPC uses one bidirectional stream per client (responses are routed by request id); HTTP uses
 Triton's `generate_stream` endpoint (server-sent events), naming the session in the request
 parameters `sequence_id` / `sequence_start` / `sequence_end`.
+
+A session belongs to the client that opened it: the answer to START carries a secret (SESSION_KEY)
+that `Session` sends (as KEY) with every later request (the server refuses the session to anyone without it).
+Greedy and sampled generations stream a response per token; beam search answers with one final
+response (the whole transcript and its TOKEN_IDS), which `Session.generate` handles the same way.
 """
 
 from __future__ import annotations
@@ -51,6 +56,8 @@ class TokenEvent:
     is_final: bool
     history_length: int  # positions the session's kept state has seen
     at: float  # time.perf_counter() when it arrived
+    token_ids: tuple[int, ...] = ()  # every token id of `transcript` (all of them in the final event)
+    session_key: str = ""  # the session's secret, in the answer to START ("" otherwise)
 
 
 @dataclass
@@ -108,8 +115,12 @@ class SessionClient:
         protocol: str = "grpc",
         model: str = spec.DECODER_SESSION,
         timeout: float = 60.0,
+        headers: dict[str, str] | None = None,
     ):
+        """``headers``: sent with every request (gRPC: with the stream), e.g. the client id header
+        (``spec.CLIENT_ID_HEADER``) a trusted front proxy would set."""
         self.protocol = check_protocol(protocol)
+        self.headers = dict(headers or {})
         self.url = url or DEFAULT_URLS[protocol]
         self.model = model
         self.timeout = timeout
@@ -125,7 +136,7 @@ class SessionClient:
 
                 self._module = grpcclient
                 client = grpcclient.InferenceServerClient(self.url)
-                client.start_stream(callback=self._on_response)
+                client.start_stream(callback=self._on_response, headers=self.headers or None)
                 self._grpc = client
             return self._grpc
 
@@ -172,10 +183,16 @@ class SessionClient:
         audio: np.ndarray | None = None,
         prompt: str | None = None,
         context: str | None = None,
+        key: str | None = None,
+        parameters: dict | None = None,
         **settings,
     ) -> Iterator[TokenEvent]:
-        """One request to a session; yields its responses as they arrive (the last is final)."""
+        """One request to a session; yields its responses as they arrive (the last is final).
+        ``key``: the session's secret (the START answer's ``session_key``), required after START;
+        ``parameters``: extra request parameters."""
         values: dict[spec.TensorSpec, object] = settings_inputs(**settings)
+        if key:
+            values[spec.KEY] = key
         if audio is not None:
             values[spec.AUDIO] = np.ascontiguousarray(audio, dtype=np.float32)
         if prompt is not None:
@@ -185,11 +202,13 @@ class SessionClient:
         if not values:  # Triton refuses a request without inputs: send a setting that changes nothing
             values[spec.MIN_TOKENS] = 0
         if self.protocol == "grpc":
-            yield from self._request_grpc(session_id, start, end, values)
+            yield from self._request_grpc(session_id, start, end, values, parameters)
         else:
-            yield from self._request_http(session_id, start, end, values)
+            yield from self._request_http(session_id, start, end, values, parameters)
 
-    def _request_grpc(self, sid: int, start: bool, end: bool, values: dict) -> Iterator[TokenEvent]:
+    def _request_grpc(
+        self, sid: int, start: bool, end: bool, values: dict, parameters: dict | None = None
+    ) -> Iterator[TokenEvent]:
         client = self._stream()
         inputs = []
         for t, v in values.items():
@@ -214,6 +233,7 @@ class SessionClient:
                     sequence_id=sid,
                     sequence_start=start,
                     sequence_end=end,
+                    parameters=parameters or None,
                 )
             except Exception as exc:
                 raise self._error(exc) from exc
@@ -234,14 +254,23 @@ class SessionClient:
             with self._lock:
                 self._routes.pop(rid, None)
 
-    def _request_http(self, sid: int, start: bool, end: bool, values: dict) -> Iterator[TokenEvent]:
-        body: dict = {"parameters": {"sequence_id": sid, "sequence_start": start, "sequence_end": end}}
+    def _request_http(
+        self, sid: int, start: bool, end: bool, values: dict, parameters: dict | None = None
+    ) -> Iterator[TokenEvent]:
+        body: dict = {
+            "parameters": {
+                **(parameters or {}),
+                "sequence_id": sid,
+                "sequence_start": start,
+                "sequence_end": end,
+            }
+        }
         for t, v in values.items():
             body[t.name] = v.tolist() if isinstance(v, np.ndarray) else v
         req = urllib.request.Request(
             f"http://{self.url}/v2/models/{self.model}/generate_stream",
             data=json.dumps(body).encode(),
-            headers={"Content-Type": "application/json"},
+            headers={"Content-Type": "application/json", **self.headers},
         )
         try:
             resp = urllib.request.urlopen(req, timeout=self.timeout)
@@ -275,22 +304,25 @@ class SessionClient:
             self.request(session.id, start=True, audio=prepare_audio(audio), context=context, max_tokens=0)
         )
         session.history_length = events[-1].history_length
+        session.key = events[-1].session_key
         return session
 
 
 class Session:
-    """A live session: every call starts from the state kept after its audio (and context)."""
+    """A live session: every call starts from the state kept after its audio (and context), and
+    carries the session's key (``key``: the secret the server answered to START)."""
 
-    def __init__(self, client: SessionClient, session_id: int):
+    def __init__(self, client: SessionClient, session_id: int, key: str = ""):
         self.client = client
         self.id = session_id
+        self.key = key
         self.history_length = 0
         self.closed = False
 
     def stream(self, prompt: str | None = None, **settings) -> Iterator[TokenEvent]:
         """Generate from the kept state with this prompt and settings (method, max_tokens, min_tokens,
         temperature, top_k, seed, beam_size); yields each token as it arrives, then the final event."""
-        for event in self.client.request(self.id, prompt=prompt, **settings):
+        for event in self.client.request(self.id, prompt=prompt, key=self.key, **settings):
             self.history_length = event.history_length
             yield event
 
@@ -301,6 +333,8 @@ class Session:
                 out.text = event.transcript
                 out.history_length = event.history_length
                 out.finished = event.at
+                if len(event.token_ids) > len(out.token_ids):  # beam: the whole result in one response
+                    out.token_ids = list(event.token_ids)  # (no per-token times then: none were sent)
             else:
                 out.token_ids.append(event.token_id)
                 out.pieces.append(event.text)
@@ -309,14 +343,14 @@ class Session:
 
     def add_context(self, text: str) -> int:
         """Append text to the kept history (later prompts see it); returns the new history length."""
-        for event in self.client.request(self.id, context=text, max_tokens=0):
+        for event in self.client.request(self.id, context=text, key=self.key, max_tokens=0):
             self.history_length = event.history_length
         return self.history_length
 
     def close(self) -> None:
         """End the session now (its slot is freed; it would otherwise be reaped when idle)."""
         if not self.closed:
-            list(self.client.request(self.id, end=True, max_tokens=0))
+            list(self.client.request(self.id, end=True, key=self.key, max_tokens=0))
             self.closed = True
 
 
@@ -325,6 +359,14 @@ def _event(get, at: float) -> TokenEvent:
         v = np.asarray(get(name)).reshape(-1)[0]
         return v.decode("utf-8") if isinstance(v, bytes) else v
 
+    def optional(name: str, default):  # outputs a server older than the tensor does not send
+        try:
+            return get(name)
+        except (KeyError, TypeError):
+            return default
+
+    ids = optional(spec.TOKEN_IDS.name, None)
+    key = optional(spec.SESSION_KEY.name, None)
     return TokenEvent(
         token_id=int(one(spec.TOKEN_ID.name)),
         text=str(one(spec.TOKEN.name)),
@@ -332,6 +374,8 @@ def _event(get, at: float) -> TokenEvent:
         is_final=bool(one(spec.IS_FINAL.name)),
         history_length=int(one(spec.HISTORY_LENGTH.name)),
         at=at,
+        token_ids=tuple(int(i) for i in np.asarray(ids).reshape(-1)) if ids is not None else (),
+        session_key=one(spec.SESSION_KEY.name) if key is not None else "",
     )
 
 
@@ -342,7 +386,11 @@ def _request_id_from(message: str) -> str | None:
 
 
 def _http_error(body: bytes) -> str:
+    """The server's message from an error body: JSON, or an event (`data: {...}`) of generate_stream."""
+    text = body.decode(errors="replace").strip()
+    if text.startswith("data:"):
+        text = text[5:].strip()
     try:
-        return json.loads(body).get("error", body.decode(errors="replace"))
+        return json.loads(text).get("error", text)
     except (ValueError, AttributeError):
-        return body.decode(errors="replace")
+        return text

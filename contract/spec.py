@@ -99,10 +99,18 @@ TOP_K = TensorSpec("TOP_K", "TYPE_INT32", (1,), optional=True)  # sample only; 0
 SEED = TensorSpec("SEED", "TYPE_INT64", (1,), optional=True)  # sample only: same seed, same tokens
 BEAM_SIZE = TensorSpec("BEAM_SIZE", "TYPE_INT32", (1,), optional=True)  # beam only
 SESSION_SETTINGS = (DECODING_METHOD, MAX_TOKENS, MIN_TOKENS, TEMPERATURE, TOP_K, SEED, BEAM_SIZE)
+SESSION_KEY = TensorSpec("SESSION_KEY", "TYPE_STRING", (1,))
+"""The session's secret, an output of every response: a new key in the answers to START ("" in the
+others), which every later request of the session must carry as KEY (the correlation ID alone is not
+a credential: without the key nobody reads, feeds or ends the session)."""
+KEY = TensorSpec("KEY", "TYPE_STRING", (1,), optional=True)
+"""Input: the SESSION_KEY the session's START answered (Triton forbids one name for an input and an
+output of a model, hence two names)."""
 # decoder_session outputs, in every streamed response.
 TOKEN = TensorSpec("TOKEN", "TYPE_STRING", (1,))  # the text this token adds ("" in the final response)
 TOKEN_ID = TensorSpec("TOKEN_ID", "TYPE_INT32", (1,))  # -1 in the final response
 HISTORY_LENGTH = TensorSpec("HISTORY_LENGTH", "TYPE_INT64", (1,))  # positions the session's state has seen
+TOKEN_IDS = TensorSpec("TOKEN_IDS", "TYPE_INT32", (-1,))  # every token id of TRANSCRIPT so far
 
 # ---------------------------------------------------------------------------------------------
 # Internal pipeline (free to change together with build/ and the backends).
@@ -206,6 +214,16 @@ SESSION_SLOTS = 10_000
 """Concurrent decoder sessions (state rows are only resident once a session has touched them)."""
 SESSION_IDLE_SECONDS = 300.0
 """A decoder session without a request for this long is closed and its slot freed."""
+SESSION_SLOTS_PER_CLIENT = 1_000
+"""Live decoder sessions one client may hold (clients named by the forwarded CLIENT_ID_HEADER; all
+unidentified clients share one such cap), so that one client cannot take every slot."""
+MIN_SESSION_AUDIO_SECONDS = 0.25
+"""Shortest AUDIO a session may start with: a session holds a slot for up to SESSION_IDLE_SECONDS,
+so opening one must cost the client at least this much audio."""
+CLIENT_ID_HEADER = "x-client-id"
+"""The header the front proxy sets to the client's identity (its address or credentials); tritonserver
+forwards it to the models as a request parameter (`--grpc-header-forward-pattern` /
+`--http-header-forward-pattern`), where the per-client caps count it."""
 
 ASR_STREAMING_STEPS: tuple[EnsembleStep, ...] = (
     EnsembleStep(
@@ -282,8 +300,8 @@ def stateful_pipeline(n_mels: int, prefix_dim: int, vocab_size: int) -> dict[str
         ),
         DECODER_SESSION: ModelSpec(
             DECODER_SESSION,
-            inputs=(AUDIO.as_optional(), PROMPT, CONTEXT, *SESSION_SETTINGS),
-            outputs=(TOKEN, TOKEN_ID, TRANSCRIPT, IS_FINAL, HISTORY_LENGTH),
+            inputs=(AUDIO.as_optional(), PROMPT, CONTEXT, *SESSION_SETTINGS, KEY),
+            outputs=(TOKEN, TOKEN_ID, TRANSCRIPT, IS_FINAL, HISTORY_LENGTH, TOKEN_IDS, SESSION_KEY),
             extra={"ragged": (AUDIO.name,), "decoupled": True},
         ),
     }

@@ -64,11 +64,20 @@ AUDIO_REJECTION_REASONS = (
 """Why `feature_extractor` refuses AUDIO (see `audio_rejection_reason`)."""
 DECODER_REJECTION_REASONS = ("prompt", "invalid_input", "decode_error")
 """Why `decoder` refuses a request: a bad PROMPT, malformed encoder outputs, a failed decode."""
-SEQUENCE_REJECTION_REASONS = ("pool_full",)
-"""Why a stateful model refuses a new sequence (mambaserve_sequences_rejected_total)."""
-STATEFUL_REJECTION_REASONS = ("unknown_sequence", "invalid_input", "prompt", "decode_error")
+SEQUENCE_REJECTION_REASONS = ("pool_full", "client_cap")
+"""Why a stateful model refuses a new sequence (mambaserve_sequences_rejected_total): every slot in
+use, or the client already holds its cap of live sessions."""
+STATEFUL_REJECTION_REASONS = (
+    "unknown_sequence",
+    "live_sequence",
+    "wrong_key",
+    "invalid_input",
+    "prompt",
+    "decode_error",
+)
 """Why a stateful model refuses a request of a sequence (mambaserve_requests_rejected_total): no live
-sequence for its correlation ID (never started, ended, or reaped), bad data, a bad PROMPT, a failure."""
+sequence for its correlation ID (never started, ended, or reaped), START on a live one, a session
+request without its key, bad data, a bad PROMPT, a failure."""
 INTERNAL = "internal"
 """A batch-level failure inside a model (not the client's fault)."""
 

@@ -7,10 +7,16 @@ and must take them back itself. :class:`StatePool` does that for all of them, th
 
 - which sequence a request belongs to (:func:`sequence_of`: correlation ID and START/END, from
   Triton or from the request parameters of HTTP generate);
-- correlation ID -> slot (:class:`SlotPool`): ``START`` takes a free slot (or restarts the sequence's
-  own); a full pool refuses *that* sequence with :class:`PoolFullError` and nobody else notices; any
-  other request must name a live sequence, else :class:`UnknownSequenceError` says whether it was
-  never started, already ended, or reaped after being idle; ``END`` frees the slot;
+- correlation ID -> slot (:class:`SlotPool`): ``START`` takes a free slot; ``START`` on a live
+  correlation ID is refused (:class:`LiveSequenceError`: a second client must never mix into a live
+  sequence); a full pool refuses *that* sequence with :class:`PoolFullError`, and a client over its
+  own cap (``per_owner``) with :class:`OwnerCapError`, and nobody else notices; any other request must
+  name a live sequence, else :class:`UnknownSequenceError` says whether it was never started, already
+  ended, or reaped after being idle; ``END`` frees the slot;
+- owners and keys (sessions): a sequence may be started with a secret key (``secrets.token_urlsafe``,
+  returned to the client that started it) that every later request must carry
+  (:class:`WrongKeyError`, the sequence untouched), and with its client's id (forwarded by the
+  front proxy as the ``x-client-id`` header, see :func:`client_of`), which the per-client cap counts;
 - the state bound to each slot (the engines' tensor rows and any per-slot Python values,
   :class:`PerSlot`): reset when a sequence starts in a slot, released when the slot is freed;
 - the idle reaper (a thread freeing slots idle longer than the sequence batcher's
@@ -24,7 +30,9 @@ Pure Python (no torch, no triton_python_backend_utils): importable and testable 
 
 from __future__ import annotations
 
+import hmac
 import json
+import secrets
 import threading
 import time
 from collections import OrderedDict
@@ -34,25 +42,56 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from mambaserve.serving.backends.common import int_parameter, parameter
+from mambaserve.contract import spec
+from mambaserve.serving.backends.common import (
+    ALREADY_EXISTS,
+    CapacityError,
+    RequestError,
+    int_parameter,
+    parameter,
+)
 from mambaserve.serving.metrics import SEQUENCE_REJECTION_REASONS
 
 _FORGET_AFTER = 4096
 """How many ended/reaped correlation IDs are remembered, to tell 'reaped' from 'never started'."""
 
 
-class SequenceError(ValueError):
-    """A request refused because of its sequence (not its data). ``reason`` labels the metric."""
+class SequenceError(RequestError):
+    """A request refused because of its sequence (not its data). ``reason`` labels the metric,
+    ``code`` the status (``common.error_code``)."""
 
     reason = "sequence"
 
 
-class PoolFullError(SequenceError):
+class PoolFullError(SequenceError, CapacityError):
     reason = "pool_full"
+
+
+class OwnerCapError(SequenceError, CapacityError):
+    """The client already holds its cap of live sequences (the others still get slots)."""
+
+    reason = "client_cap"
 
 
 class UnknownSequenceError(SequenceError):
     reason = "unknown_sequence"
+
+
+class LiveSequenceError(SequenceError):
+    """START on a correlation ID that is live: refused, the live sequence untouched."""
+
+    reason = "live_sequence"
+    code = ALREADY_EXISTS
+
+
+class WrongKeyError(SequenceError):
+    """A request without the key its sequence was started with: refused, the sequence untouched."""
+
+    reason = "wrong_key"
+
+
+KEY_BYTES = 24
+"""Entropy of a sequence key (``secrets.token_urlsafe``: 32 characters)."""
 
 
 @dataclass
@@ -60,6 +99,8 @@ class _Entry:
     slot: int
     last_used: float
     leases: int = 0
+    owner: str = ""
+    secret: str = ""
 
 
 class SlotPool:
@@ -74,6 +115,7 @@ class SlotPool:
         clock: Callable[[], float] = time.monotonic,
         on_free: Callable[[int], None] | None = None,
         on_change: Callable[[SlotPool], None] | None = None,
+        per_owner: int | None = None,
     ):
         if capacity < 1:
             raise ValueError(f"slot pool capacity must be >= 1, got {capacity}")
@@ -82,6 +124,9 @@ class SlotPool:
         self.capacity = int(capacity)
         self.idle_timeout_s = float(idle_timeout_s)
         self.what = what
+        self.per_owner = per_owner
+        """Most live sequences one owner (client id; "" for unidentified clients) may hold; None: no cap."""
+        self._owned: dict[str, int] = {}
         self._clock = clock
         self._on_free = on_free
         self._on_change = on_change
@@ -91,6 +136,7 @@ class SlotPool:
         self._gone: OrderedDict[Hashable, str] = OrderedDict()  # key -> "ended" | "reaped"
         self.reaped_total = 0
         self.rejected_total = 0
+        self.owner_rejected_total = 0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -110,32 +156,56 @@ class SlotPool:
             return {k: e.slot for k, e in self._live.items()}
 
     # -- sequence life cycle ---------------------------------------------------------------------
-    def start(self, key: Hashable) -> int:
-        """The slot for a sequence that starts now (its own slot again if it was live)."""
+    def start(self, key: Hashable, *, owner: str = "", secret: str = "") -> int:
+        """The slot for a sequence that starts now. A live ``key`` is refused (LiveSequenceError), so
+        is a full pool (PoolFullError) and an owner at its cap (OwnerCapError)."""
+        error: SequenceError | None = None
         with self._lock:
-            entry = self._live.get(key)
-            full = entry is None and not self._free
-            if full:
+            if key in self._live:
+                error = LiveSequenceError(
+                    f"cannot start {self.what} {key!r}: a {self.what} with this correlation ID is live "
+                    f"(START on a live ID is refused so that two clients never mix); use another ID, or "
+                    f"end the live one first (an abandoned one is closed after {self.idle_timeout_s:g} s idle)"
+                )
+            elif not self._free:
                 self.rejected_total += 1
+                error = PoolFullError(
+                    f"cannot start {self.what} {key!r}: all {self.capacity} {self.what} slots are in use "
+                    f"(the limit of concurrent {self.what}s); retry when one ends, or raise the limit"
+                )
+            elif self.per_owner is not None and self._owned.get(owner, 0) >= self.per_owner:
+                self.owner_rejected_total += 1
+                who = f"client {owner!r}" if owner else "unidentified clients (no x-client-id)"
+                error = OwnerCapError(
+                    f"cannot start {self.what} {key!r}: {who} already hold(s) {self.per_owner} live "
+                    f"{self.what}s, the limit per client; end some (or let them idle out after "
+                    f"{self.idle_timeout_s:g} s) and retry"
+                )
             else:
-                if entry is None:
-                    entry = self._live[key] = _Entry(self._free.pop(), self._clock())
-                    self._gone.pop(key, None)
-                entry.last_used = self._clock()
+                entry = self._live[key] = _Entry(self._free.pop(), self._clock(), owner=owner, secret=secret)
+                self._owned[owner] = self._owned.get(owner, 0) + 1
+                self._gone.pop(key, None)
                 slot = entry.slot
         self._changed()
-        if full:
-            raise PoolFullError(
-                f"cannot start {self.what} {key!r}: all {self.capacity} {self.what} slots are in use "
-                f"(the limit of concurrent {self.what}s); retry when one ends, or raise the limit"
-            )
+        if error is not None:
+            raise error
         return slot
 
-    def get(self, key: Hashable) -> int:
-        """The slot of a live sequence; UnknownSequenceError naming why there is none."""
+    def get(self, key: Hashable, secret: str | None = None) -> int:
+        """The slot of a live sequence; UnknownSequenceError naming why there is none, WrongKeyError
+        (the sequence untouched: not even its idle clock) when it was started with another key."""
         with self._lock:
             entry = self._live.get(key)
             if entry is not None:
+                if entry.secret and not hmac.compare_digest(entry.secret, secret or ""):
+                    raise WrongKeyError(
+                        f"{self.what} {key!r} belongs to the client that started it: this request "
+                        + (
+                            "carries a wrong key (input KEY)"
+                            if secret
+                            else "carries no key (input KEY: the SESSION_KEY its START answered)"
+                        )
+                    )
                 entry.last_used = self._clock()
                 return entry.slot
             fate = self._gone.get(key)
@@ -214,6 +284,11 @@ class SlotPool:
             if entry is None:
                 return
             self._free.append(entry.slot)
+            left = self._owned.get(entry.owner, 0) - 1
+            if left > 0:
+                self._owned[entry.owner] = left
+            else:
+                self._owned.pop(entry.owner, None)
             self._gone[key] = fate
             self._gone.move_to_end(key)
             while len(self._gone) > _FORGET_AFTER:
@@ -235,13 +310,44 @@ FLAG_SEQUENCE_START = 1  # TRITONSERVER_REQUEST_FLAG_SEQUENCE_START
 FLAG_SEQUENCE_END = 2  # TRITONSERVER_REQUEST_FLAG_SEQUENCE_END
 
 
+CLIENT_ID_PARAMETER = spec.CLIENT_ID_HEADER
+"""The request parameter naming the client (compared case-insensitively; ``spec.CLIENT_ID_HEADER``):
+tritonserver forwards the front proxy's ``x-client-id`` header with
+``--grpc-header-forward-pattern=^x-client-id$`` (and ``--http-header-forward-pattern``; HTTP infer
+only: 2.51 forwards nothing to HTTP generate, so those requests count as unidentified). The proxy must
+set it from the client's address or credentials, overwriting what the client sent; a parameter of
+the same name the client sets itself comes first and loses (see :func:`client_of`)."""
+
+
 @dataclass(frozen=True)
 class Sequence:
-    """The sequence a request belongs to and its flags."""
+    """The sequence a request belongs to, its flags and its client ("" when unidentified)."""
 
     key: Hashable
     start: bool
     end: bool
+    client: str = ""
+
+
+def _parameters(request) -> list[tuple[str, object]]:
+    """The request parameters as (name, value) pairs, in order and duplicates kept: tritonserver
+    appends a forwarded header after the parameters the client set, even under the same name."""
+    try:
+        pairs = json.loads(request.parameters() or "{}", object_pairs_hook=lambda p: p)
+    except (ValueError, TypeError):
+        return []
+    return pairs if isinstance(pairs, list) else []
+
+
+def client_of(params) -> str:
+    """The client id among a request's parameters (pairs or a dict): the LAST ``x-client-id`` (any
+    case), which is the forwarded header's when the front proxy set one; else ""."""
+    pairs = params.items() if isinstance(params, dict) else params
+    found = ""
+    for name, value in pairs:
+        if isinstance(name, str) and name.lower() == CLIENT_ID_PARAMETER:
+            found = str(value)[:256]
+    return found
 
 
 def _flag(value) -> bool:
@@ -261,20 +367,23 @@ def sequence_of(request, what: str = "sequence") -> Sequence:
     key = request.correlation_id()
     flags = int(request.flags())
     start, end = bool(flags & FLAG_SEQUENCE_START), bool(flags & FLAG_SEQUENCE_END)
+    pairs = _parameters(request)
+    params = dict(pairs)
+    # The client id is trusted only from gRPC/HTTP infer requests (they carry Triton's correlation ID):
+    # tritonserver 2.51 forwards no header to HTTP generate, whose parameters the client alone writes.
+    client = client_of(pairs) if key not in (0, "", None) else ""
     if key in (0, "", None):
-        try:
-            params = json.loads(request.parameters() or "{}")
-        except ValueError:
-            params = {}
         key = params.get("sequence_id", 0)
         start = start or _flag(params.get("sequence_start", False))
         end = end or _flag(params.get("sequence_end", False))
+    if isinstance(key, bool) or not isinstance(key, (int, str)):
+        raise RequestError(f"the {what} ID must be an integer or a string, got {type(key).__name__}")
     if key in (0, "", None):
-        raise ValueError(
+        raise RequestError(
             f"this request names no {what}: set a non-zero correlation ID (gRPC/HTTP infer `sequence_id`, "
             f"or the request parameter `sequence_id` with HTTP generate)"
         )
-    return Sequence(key, start, end)
+    return Sequence(key, start, end, client)
 
 
 def distinct_rounds(slots: list[int]) -> list[list[int]]:
@@ -339,6 +448,7 @@ class _SlotMetrics:
         self.model = model
         self._reaped = 0
         self._rejected = 0
+        self._owner_rejected = 0
         self._lock = threading.Lock()
 
     def update(self, pool: SlotPool) -> None:
@@ -350,6 +460,11 @@ class _SlotMetrics:
             if pool.rejected_total > self._rejected:
                 self.metrics.sequence_rejected(self.model, "pool_full", pool.rejected_total - self._rejected)
                 self._rejected = pool.rejected_total
+            if pool.owner_rejected_total > self._owner_rejected:
+                self.metrics.sequence_rejected(
+                    self.model, "client_cap", pool.owner_rejected_total - self._owner_rejected
+                )
+                self._owner_rejected = pool.owner_rejected_total
 
 
 class StatePool:
@@ -366,7 +481,7 @@ class StatePool:
         ...warm up on slot 0...
         self.states.serve()                  # metrics from zero, reaper running
 
-    and per request ``seq = self.states.sequence(request)``, ``slot = self.states.admit(seq)``,
+    and per request ``seq = self.states.sequence(request)``, ``slot, key = self.states.admit(seq, secret)``,
     ``with self.states.lease(keys): ...``, ``self.states.end(key)``; a :class:`SequenceError` goes to
     ``self.states.refused(error)`` (its metric) and back to the client.
     """
@@ -381,11 +496,21 @@ class StatePool:
         capacity_parameter: str,
         default_capacity: int,
         default_idle_s: float,
+        per_owner_parameter: str | None = None,
+        default_per_owner: int | None = None,
+        keys: bool = False,
     ) -> None:
         self.model = model
         self.what = what
         self.metrics = metrics
         self.capacity = int_parameter(args, capacity_parameter, default_capacity)
+        self.per_owner = (
+            int_parameter(args, per_owner_parameter, default_per_owner or self.capacity)
+            if per_owner_parameter
+            else None
+        )
+        self.keys = keys
+        """True: START creates a secret key that the sequence's later requests must carry."""
         self._states: list[SlotState] = []
         self._slot_metrics = _SlotMetrics(metrics, model)
         metrics.declare(model, slots=True)
@@ -395,6 +520,7 @@ class StatePool:
             what=what,
             on_free=self._release,
             on_change=self._slot_metrics.update,
+            per_owner=self.per_owner,
         )
 
     def bind(self, *states: SlotState) -> None:
@@ -414,15 +540,17 @@ class StatePool:
     def sequence(self, request) -> Sequence:
         return sequence_of(request, self.what)
 
-    def admit(self, seq: Sequence) -> int:
-        """The slot of a request's sequence: START claims one (its state reset), any other request needs
-        a live sequence. Raises :class:`SequenceError` (pass it to :meth:`refused`)."""
+    def admit(self, seq: Sequence, secret: str | None = None) -> tuple[int, str]:
+        """The slot of a request's sequence and its key: START claims a slot (its state reset) and,
+        with ``keys``, a new secret key; any other request needs a live sequence and, if it was started
+        with a key, that key (``secret``). Raises :class:`SequenceError` (pass it to :meth:`refused`)."""
         if not seq.start:
-            return self.slots.get(seq.key)
-        slot = self.slots.start(seq.key)
+            return self.slots.get(seq.key, secret), ""
+        key = secrets.token_urlsafe(KEY_BYTES) if self.keys else ""
+        slot = self.slots.start(seq.key, owner=seq.client, secret=key)
         for state in self._states:
             state.reset(slot)
-        return slot
+        return slot, key
 
     def refused(self, error: SequenceError) -> None:
         """Count a refused request under its reason (a full pool is counted as a refused *sequence*)."""

@@ -9,9 +9,18 @@ settings without re-running the encoder or its history, and the cost per generat
 same whatever the history length (the state has a fixed size). CPU instances generate with the
 compiled decode step (``decoder_step.onnx`` beside this model); GPU instances with the kernels.
 
-Each generated token is sent as its own response (TOKEN, TOKEN_ID, TRANSCRIPT so far, IS_FINAL
-false) as soon as it is chosen; the last response has IS_FINAL true and Triton's final flag. Beam
-search picks its best hypothesis only at the end: its tokens are sent then.
+Greedy and sampled tokens are sent each as its own response (TOKEN, TOKEN_ID, TRANSCRIPT and
+TOKEN_IDS so far, IS_FINAL false) as soon as it is chosen, each only after checking that the client
+has not cancelled; the last response has IS_FINAL true and Triton's final flag. Beam search picks its
+best hypothesis only at the end: its result leaves as ONE response (the whole TRANSCRIPT and
+TOKEN_IDS, IS_FINAL, the final flag), never as a burst -- tritonserver 2.51 segfaults when a
+decoupled model sends a burst of responses to a gRPC stream the client cancelled.
+
+Sessions have owners: START answers a new secret (SESSION_KEY, from ``secrets.token_urlsafe``) that
+every later request of the session must carry, so the correlation ID alone lets nobody else read,
+feed or end the session; a START on a live correlation ID is refused (never a mix). Each client
+(the front proxy's forwarded ``x-client-id``) may hold ``max_sessions_per_client`` live sessions, and
+a session starts on at least ``min_audio_seconds`` of audio, so one client cannot take every slot.
 
 No sequence batcher (HTTP generate_stream could not name the session then): the session comes from
 the correlation ID (gRPC sequence_id + START/END) or the request parameters ``sequence_id``,
@@ -31,10 +40,12 @@ import triton_python_backend_utils as pb_utils
 from mambaserve.contract import spec
 from mambaserve.model.tokenizer import BOS_ID
 from mambaserve.serving.backends.common import (
+    RequestError,
     decode_prompts,
     load_recognizer,
     parameter,
     parse_sampling,
+    triton_error,
     validate_audio,
 )
 from mambaserve.serving.metrics import (
@@ -59,6 +70,8 @@ class _Item:
     prompt: list[int] = field(default_factory=list)
     context: list[int] = field(default_factory=list)
     sampling: object = None
+    secret: str | None = None  # the SESSION_KEY the request carried
+    key: str = ""  # the key answered to START ("" otherwise)
     ids: list[int] = field(default_factory=list)
     text: str = ""
     done: bool = False
@@ -79,6 +92,8 @@ class TritonPythonModel:
         batch = max(1, int(json.loads(args["model_config"]).get("max_batch_size", spec.MAX_BATCH_SIZE)))
         dtype = STATE_DTYPES[parameter(args, "state_dtype", "float32")]
         self.min_samples = config.features.win_length
+        min_audio_s = float(parameter(args, "min_audio_seconds", str(spec.MIN_SESSION_AUDIO_SECONDS)))
+        self.min_start_samples = max(self.min_samples, round(min_audio_s * spec.SAMPLE_RATE))
         self.metrics = Metrics()
         self.metrics.declare(
             self.name,
@@ -94,6 +109,9 @@ class TritonPythonModel:
             capacity_parameter="max_sessions",
             default_capacity=spec.SESSION_SLOTS,
             default_idle_s=spec.SESSION_IDLE_SECONDS,
+            per_owner_parameter="max_sessions_per_client",
+            default_per_owner=spec.SESSION_SLOTS_PER_CLIENT,
+            keys=True,
         )
         capacity = self.states.capacity
         model = self.recognizer.model
@@ -153,8 +171,23 @@ class TritonPythonModel:
                 raise ValueError(
                     f"input '{spec.AUDIO.name}' must have shape [1, samples] (one session per request)"
                 )
+            if item.audio.shape[1] < self.min_start_samples:
+                raise RequestError(
+                    f"input '{spec.AUDIO.name}' has {item.audio.shape[1]} samples; a session starts on at "
+                    f"least {self.min_start_samples} samples ({self.min_start_samples / spec.SAMPLE_RATE:g} s "
+                    f"at {spec.SAMPLE_RATE} Hz)"
+                )
         elif seq.start:
             raise ValueError(f"the first request of a session (START) must carry '{spec.AUDIO.name}'")
+        key = pb_utils.get_input_tensor_by_name(request, spec.KEY.name)
+        if key is not None:
+            raw = key.as_numpy().reshape(-1)
+            if raw.size != 1:
+                raise RequestError(f"input '{spec.KEY.name}' must hold one value")
+            value = raw[0]
+            item.secret = (value if isinstance(value, bytes) else str(value).encode())[:256].decode(
+                "utf-8", errors="replace"
+            )
         item.prompt = self._text_input(request, spec.PROMPT)
         item.context = self._text_input(request, spec.CONTEXT)
         values = {}
@@ -195,6 +228,8 @@ class TritonPythonModel:
                     spec.HISTORY_LENGTH.name,
                     np.array([[self.history[item.slot] if item.slot >= 0 else 0]], dtype=np.int64),
                 ),
+                pb_utils.Tensor(spec.TOKEN_IDS.name, np.array([item.ids], dtype=np.int32).reshape(1, -1)),
+                pb_utils.Tensor(spec.SESSION_KEY.name, s(item.key)),
             ]
         )
         if final:
@@ -203,9 +238,12 @@ class TritonPythonModel:
         else:
             item.sender.send(response)
 
-    def _fail(self, item: _Item, message: str) -> None:
+    def _fail(self, item: _Item, error: BaseException | str) -> None:
+        """The request's one error response (status code from ``common.error_code``; a message: ours)."""
         if not self._gone(item):
-            item.sender.send(pb_utils.InferenceResponse(error=pb_utils.TritonError(message)), flags=FINAL)
+            item.sender.send(
+                pb_utils.InferenceResponse(error=triton_error(error, pb_utils=pb_utils)), flags=FINAL
+            )
             item.done = True
 
     def _token(self, item: _Item, token: int) -> None:
@@ -221,13 +259,13 @@ class TritonPythonModel:
             item = _Item(sender=request.get_response_sender(), seq=None)
             try:
                 self._parse(request, item)
-                item.slot = self.states.admit(item.seq)
+                item.slot, item.key = self.states.admit(item.seq, item.secret)
                 items.append(item)
             except SequenceError as e:
-                self._fail(item, str(e))
+                self._fail(item, e)
                 self.states.refused(e)
             except ValueError as e:
-                self._fail(item, str(e))
+                self._fail(item, e)
                 text = str(e)
                 reason = (
                     "prompt"
@@ -235,6 +273,9 @@ class TritonPythonModel:
                     else "invalid_input"
                 )
                 self.metrics.rejected(self.name, reason)
+            except Exception as e:  # a request we cannot read must not take its batch down
+                self._fail(item, f"request refused: {type(e).__name__}: {e}")
+                self.metrics.rejected(self.name, INTERNAL)
         if not items:
             return None
         with self.states.lease([it.seq.key for it in items]):
@@ -247,7 +288,7 @@ class TritonPythonModel:
                         self.states.end(it.seq.key)
                         self._fail(
                             it, f"session {it.seq.key!r} failed and was closed: {type(e).__name__}: {e}"
-                        )
+                        )  # a message: INTERNAL (our failure)
                     self.metrics.rejected(self.name, "decode_error", len(group))
         for it in items:
             if it.seq.end:
@@ -302,9 +343,10 @@ class TritonPythonModel:
                 [budgets[j] for j in sampled],
                 eos,
                 on_token=lambda r, token: self._token(generating[sampled[r]], token),
+                should_stop=lambda r: generating[sampled[r]].done,  # cancelled: stop computing too
             )
         for j, it in enumerate(generating):
-            if it.sampling.method == BEAM:
+            if it.sampling.method == BEAM and not self._gone(it):  # cancelled: skip the search
                 ids = self.work.beam(
                     [rows[j]],
                     logits[j : j + 1],
@@ -314,8 +356,9 @@ class TritonPythonModel:
                     self.config.blank_id,
                     [self.ctc[it.slot]],
                 )[0]
-                for token in ids:
-                    self._token(it, token)
+                # One response, never a burst (see the module docstring): the final one below.
+                it.ids = list(ids)
+                it.text = self.tokenizer.decode(it.ids)
         self.metrics.tokens(self.name, sum(len(it.ids) for it in generating))
         for it in generating:
             self._send(it, final=True)

@@ -17,7 +17,7 @@ import torch
 import triton_python_backend_utils as pb_utils
 from mambaserve.contract import spec
 from mambaserve.model.tokenizer import BOS_ID
-from mambaserve.serving.backends.common import decode_prompts, load_recognizer, parameter
+from mambaserve.serving.backends.common import decode_prompts, error_response, load_recognizer, parameter
 from mambaserve.serving.metrics import INTERNAL, STATEFUL_REJECTION_REASONS, Metrics
 from mambaserve.serving.state import PerSlot, SequenceError, StatePool
 from mambaserve.serving.streaming_engine import BEAM, GREEDY, DecoderPool, Sampling, max_decode_length
@@ -78,8 +78,10 @@ class TritonPythonModel:
         self._finish([0], [16], count=False)
         self.rows.reset(0)
 
-    def _error(self, message: str):
-        return pb_utils.InferenceResponse(error=pb_utils.TritonError(message))
+    @staticmethod
+    def _error(error: BaseException | str):
+        """A refused request (its status code from the error) or, for a message, our own failure."""
+        return error_response(error, pb_utils=pb_utils)
 
     def _read(self, request) -> dict:
         arrays = {}
@@ -113,15 +115,15 @@ class TritonPythonModel:
                         prompt_ids = self.recognizer.validate_prompt(text)
                     except ValueError as e:
                         raise ValueError(f"input '{spec.PROMPT.name}': {e}") from None
-                slot = self.states.admit(seq)
+                slot, _ = self.states.admit(seq)
                 if seq.start:
                     self.prompts[slot] = prompt_ids or []
                 accepted.append((i, seq, slot, arrays))
             except SequenceError as e:
-                responses[i] = self._error(str(e))
+                responses[i] = self._error(e)
                 self.states.refused(e)
             except ValueError as e:
-                responses[i] = self._error(str(e))
+                responses[i] = self._error(e)
                 self.metrics.rejected(
                     self.name, "prompt" if f"'{spec.PROMPT.name}'" in str(e) else "invalid_input"
                 )

@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 import triton_python_backend_utils as pb_utils
 from mambaserve.contract import spec
-from mambaserve.serving.backends.common import load_recognizer, validate_chunk
+from mambaserve.serving.backends.common import error_response, load_recognizer, validate_chunk
 from mambaserve.serving.metrics import INTERNAL, STATEFUL_REJECTION_REASONS, Metrics
 from mambaserve.serving.state import PerSlot, SequenceError, StatePool
 from mambaserve.serving.streaming_engine import EncoderStreams
@@ -48,8 +48,10 @@ class TritonPythonModel:
     def finalize(self) -> None:
         self.states.close()
 
-    def _error(self, message: str):
-        return pb_utils.InferenceResponse(error=pb_utils.TritonError(message))
+    @staticmethod
+    def _error(error: BaseException | str):
+        """A refused request (its status code from the error) or, for a message, our own failure."""
+        return error_response(error, pb_utils=pb_utils)
 
     def execute(self, requests):
         responses: list = [None] * len(requests)
@@ -61,7 +63,7 @@ class TritonPythonModel:
                 samples = validate_chunk(
                     None if tensor is None else tensor.as_numpy(), max_samples=self.max_chunk
                 )
-                slot = self.states.admit(seq)
+                slot, _ = self.states.admit(seq)
                 if self.samples_total[slot] + samples.size > self.max_total:
                     raise ValueError(
                         f"sequence {seq.key!r} would exceed {spec.MAX_STREAM_SECONDS:g} s of audio, the limit of "
@@ -70,10 +72,10 @@ class TritonPythonModel:
                 self.samples_total[slot] += samples.size
                 accepted.append((i, seq, slot, samples))
             except SequenceError as e:
-                responses[i] = self._error(str(e))
+                responses[i] = self._error(e)
                 self.states.refused(e)
             except ValueError as e:
-                responses[i] = self._error(str(e))
+                responses[i] = self._error(e)
                 self.metrics.rejected(self.name, "invalid_input")
         if not accepted:
             return responses

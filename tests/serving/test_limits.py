@@ -168,7 +168,7 @@ def test_sessions_cancelled_mid_generation_leave_the_server_serving(small, speec
         next(tokens)
         client.close(cancel=True)  # cancels the stream with most of the tokens still to come
         with SessionClient(small.grpc_url) as other:
-            Session(other, session.id).close()
+            Session(other, session.id, session.key).close()  # the owner's key ends it
     assert metric(small, m.REJECTED, model=ses, reason="cancelled") > cancelled
     with SessionClient(small.grpc_url) as client:
         assert len(client.open(audio).generate(max_tokens=5, min_tokens=5).token_ids) == 5

@@ -1,5 +1,6 @@
 """`decoder_session` served by the real tritonserver: decoupled token streaming over gRPC and HTTP
-generate_stream, sessions that keep the state after their audio, and clear errors."""
+generate_stream (beam: one response), sessions that keep the state after their audio and answer only
+their key, and clear errors. Hostile clients: tests/serving/test_hostile.py."""
 
 from __future__ import annotations
 
@@ -55,8 +56,10 @@ def test_tokens_stream_in_order_with_a_final_flag(triton_server, speech_clips, r
             assert error is None, error
             final_flag = result.get_response().parameters["triton_final_response"].bool_param
             row = {
-                n: result.as_numpy(n).reshape(-1)[0] for n in ("TOKEN", "TOKEN_ID", "TRANSCRIPT", "IS_FINAL")
+                n: result.as_numpy(n).reshape(-1)[0]
+                for n in ("TOKEN", "TOKEN_ID", "TRANSCRIPT", "IS_FINAL", "SESSION_KEY")
             }
+            row["TOKEN_IDS"] = result.as_numpy("TOKEN_IDS").reshape(-1).tolist()
             out.append((row, final_flag))
             if final_flag:
                 return out
@@ -64,16 +67,24 @@ def test_tokens_stream_in_order_with_a_final_flag(triton_server, speech_clips, r
     try:
         opened = request(8101, start=True, AUDIO=audio, MAX_TOKENS=0)
         assert len(opened) == 1 and opened[0][0]["IS_FINAL"]
-        out = request(8101, PROMPT=PROMPT.encode(), DECODING_METHOD=b"greedy")
+        key = opened[0][0]["SESSION_KEY"]  # the session's secret: every later request carries it
+        assert len(key) >= 32
+        out = request(8101, PROMPT=PROMPT.encode(), DECODING_METHOD=b"greedy", KEY=key)
         *tokens, (final, flag) = out
         assert flag and final["IS_FINAL"] and final["TOKEN_ID"] == -1
         assert not any(f or row["IS_FINAL"] for row, f in tokens)
         ids = [int(row["TOKEN_ID"]) for row, _ in tokens]
         assert ids == reference_ids(recognizer, audio, PROMPT, method="greedy")
         assert b"".join(row["TOKEN"] for row, _ in tokens) == final["TRANSCRIPT"]
+        assert final["TOKEN_IDS"] == ids and final["SESSION_KEY"] == b""
         transcripts = [row["TRANSCRIPT"] for row, _ in tokens]  # the transcript grows token by token
         assert all(b.startswith(a) for a, b in itertools.pairwise(transcripts))
-        sampled = request(8101, end=True, DECODING_METHOD=b"sample", SEED=3, MIN_TOKENS=12, MAX_TOKENS=12)
+        beam = request(8101, PROMPT=PROMPT.encode(), DECODING_METHOD=b"beam", KEY=key)
+        assert len(beam) == 1 and beam[0][1]  # beam: ONE response, the whole result, the final flag
+        assert beam[0][0]["TOKEN_IDS"] == reference_ids(recognizer, audio, PROMPT, method="beam")
+        sampled = request(
+            8101, end=True, DECODING_METHOD=b"sample", SEED=3, MIN_TOKENS=12, MAX_TOKENS=12, KEY=key
+        )
         assert len(sampled) == 13  # exactly 12 tokens (end-of-sequence suppressed), then the final one
     finally:
         client.stop_stream()
@@ -101,7 +112,7 @@ def test_a_later_prompt_equals_a_fresh_run(triton_server, speech_clips, recogniz
                 91_000 + len(settings), start=True, end=True, audio=audio, prompt=PROMPT, **settings
             )
         )
-        return [e.token_id for e in events if not e.is_final], events[-1].transcript
+        return list(events[-1].token_ids), events[-1].transcript  # the final response has them all
 
     ids, text = fresh()
     assert later.token_ids == ids and later.text == text

@@ -9,8 +9,26 @@ import time
 import numpy as np
 import pytest
 from mambaserve.contract import spec
-from mambaserve.serving.backends.common import MAX_NEW_TOKENS, parse_sampling, validate_chunk
-from mambaserve.serving.state import PoolFullError, SlotPool, UnknownSequenceError, distinct_rounds
+from mambaserve.serving.backends.common import (
+    ALREADY_EXISTS,
+    INTERNAL,
+    INVALID_ARG,
+    MAX_NEW_TOKENS,
+    UNAVAILABLE,
+    error_code,
+    parse_sampling,
+    validate_chunk,
+)
+from mambaserve.serving.state import (
+    LiveSequenceError,
+    OwnerCapError,
+    PoolFullError,
+    SlotPool,
+    UnknownSequenceError,
+    WrongKeyError,
+    client_of,
+    distinct_rounds,
+)
 from mambaserve.serving.streaming_engine import Sampling
 
 
@@ -31,9 +49,45 @@ def test_full_pool_refuses_only_the_new_sequence():
         pool.start(102)
     assert pool.rejected_total == 1
     assert pool.get(101) == a and pool.get("call-7") == b  # the others notice nothing
-    assert pool.start(101) == a  # START again on a live sequence restarts it in its own slot
+    with pytest.raises(LiveSequenceError, match=r"cannot start sequence 101: .* is live"):
+        pool.start(101)  # START again on a live sequence: refused, never a restart nor a mix
+    assert pool.get(101) == a and pool.in_use == 2
     pool.end(101)
     assert freed == [a] and pool.start(102) == a
+
+
+def test_keys_owners_and_caps():
+    """A keyed sequence answers only its key (the sequence untouched otherwise); each owner holds at
+    most ``per_owner`` live sequences while others still start theirs."""
+    clock = Clock()
+    pool = SlotPool(8, 5.0, clock=clock, per_owner=2)
+    slot = pool.start(1, owner="10.0.0.1", secret="k1")
+    clock.now = 4.0
+    for wrong in (None, "", "k2"):
+        with pytest.raises(WrongKeyError, match="belongs to the client that started it"):
+            pool.get(1, wrong)
+    assert pool.reap() == []
+    clock.now = 5.5  # a refused request does not keep the sequence alive: it idles out from t=0
+    assert pool.get(1, "k1") == slot  # the owner's request does (and it was not reaped: checked first)
+    pool.start(2, owner="10.0.0.1")
+    with pytest.raises(OwnerCapError, match=r"client '10\.0\.0\.1' already hold.* 2 live sequences"):
+        pool.start(3, owner="10.0.0.1")
+    assert pool.start(3, owner="10.0.0.2") >= 0 and pool.owner_rejected_total == 1
+    pool.end(2)
+    assert pool.start(4, owner="10.0.0.1") >= 0  # ending one frees its owner's share
+    assert client_of({"X-Client-Id": "a", "other": 1}) == "a" and client_of({}) == ""
+    # the header tritonserver forwards comes after a parameter the client set under the same name
+    assert client_of([("x-client-id", "spoof"), ("x-client-id", "10.0.0.9")]) == "10.0.0.9"
+
+
+def test_errors_carry_their_status_code():
+    assert error_code(ValueError("bad input")) == INVALID_ARG
+    assert error_code(UnknownSequenceError("x")) == INVALID_ARG
+    assert error_code(WrongKeyError("x")) == INVALID_ARG
+    assert error_code(PoolFullError("x")) == UNAVAILABLE
+    assert error_code(OwnerCapError("x")) == UNAVAILABLE
+    assert error_code(LiveSequenceError("x")) == ALREADY_EXISTS
+    assert error_code(RuntimeError("ours")) == INTERNAL
 
 
 def test_unknown_sequence_errors_say_why():
