@@ -117,3 +117,24 @@ def admin_headers(key: str) -> dict[str, str]:
 def grpc_admin_headers(key: str) -> dict[str, str]:
     """The gRPC metadata that unlocks the restricted protocols (tritonclient.grpc: `headers=`)."""
     return {GRPC_HEADER: key}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Print the admin key (for `curl -H "x-admin-key: $(...)"` and deploy/serve.sh); exit 1 if unusable."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m mambaserve.serving.admin_key", description=main.__doc__)
+    parser.add_argument(
+        "--no-create", action="store_true", help="fail instead of creating the key file when there is no key"
+    )
+    args = parser.parse_args(argv)
+    try:
+        print(load_admin_key(create=not args.no_create))
+    except AdminKeyError as e:
+        print(f"[mambaserve] error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -137,7 +137,10 @@ class Watchdog:
         states = self.model_states()
         dead = []
         for model, pids in self._known.items():
-            if states.get(model) == "READY" and not pids <= now.get(model, set()):
+            live = now.get(model, set())
+            # a known stub is gone and none new replaced it (a reload by an operator starts new stubs
+            # before the old ones exit: that is not a death)
+            if states.get(model) == "READY" and not pids <= live and live <= pids:
                 dead.append(model)
         # remember the current stubs of ready models (new pids after a reload or a new version)
         self._known = {m: p for m, p in now.items() if states.get(m) == "READY" and m not in dead}
