@@ -6,7 +6,9 @@ under a cache folder, and :class:`TritonServer` starts the binary with the envir
 (see docs in build/README.md). On a GPU host the same model repository is served by NVIDIA's
 tritonserver container instead, so nothing here is needed there.
 
-CLI (what ``make serve`` runs)::
+CLI (what ``make serve`` runs): explicit model control with every model loaded, the model-repository,
+shared-memory, logging and trace APIs restricted to the admin key (serving/admin_key.py), and the
+watchdog as a thread (a model whose stub dies is reloaded)::
 
     python -m mambaserve.serving.server --repository model_repository
 """
