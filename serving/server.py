@@ -547,7 +547,10 @@ def start_watchdog(server: TritonServer, interval: float = 1.0) -> Watchdog:
         log=lambda line: print(line, file=sys.stderr, flush=True),
         admin_key=server.admin_key,
     )
-    dog.check_once()  # learn the healthy stubs now
+    try:
+        dog.check_once()  # learn the healthy stubs now
+    except Exception as e:  # its thread tries again every interval
+        print(f"[mambaserve] watchdog: first check failed: {e}", file=sys.stderr)
     return dog.start()
 
 

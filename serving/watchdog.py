@@ -197,8 +197,8 @@ class Watchdog:
                 return
             try:
                 self.check_once()
-            except (OSError, RuntimeError) as e:  # server busy or restarting: try again next round
-                self.log(f"[watchdog] check failed: {e}")
+            except Exception as e:  # busy, restarting, odd answer: live on
+                self.log(f"[watchdog] check failed: {type(e).__name__}: {e}")
             if self._stop.wait(self.interval):
                 return
 
