@@ -436,6 +436,24 @@ def test_page_streams_the_microphone(browser, gateway, asr, mic_clip, resample):
     assert final == asr.transcribe(received).text
 
 
+def test_page_stop_button_ends_the_stream(browser, gateway, asr):
+    """A person's way: Stop once words appear; the audio the worklet still held is sent before END."""
+    browser.get(f"http://{gateway}/")
+    _wait(browser, "return document.getElementById('server-status').textContent.startsWith('server ready')")
+    browser.find_element(By.ID, "record").click()
+    _wait(browser, "return window.mambaservePartials.some((p) => p.length > 0)")
+    browser.find_element(By.ID, "stop").click()
+    state = _wait(
+        browser, "const s = document.body.dataset.state; return (s === 'done' || s === 'error') && s"
+    )
+    assert state == "done", browser.find_element(By.ID, "error").text
+    (item,) = browser.find_elements(By.CSS_SELECTOR, "#finals li")
+    status, wav = _get(f"http://{gateway}/debug/audio/{item.get_attribute('data-stream-id')}.wav")
+    received, _ = sf.read(io.BytesIO(wav), dtype="float32")
+    assert status == 200 and len(received) > 0.3 * RATE
+    assert item.get_attribute("data-text") == asr.transcribe(received).text
+
+
 def test_page_uploads_a_file_with_a_prompt(browser, gateway, asr, speech_clips, tmp_path):
     # A 22.05 kHz stereo file: the gateway decodes and resamples it like every other client.
     audio = soxr.resample(speech_clips[3][1], RATE, 22_050).astype(np.float32)

@@ -100,18 +100,16 @@ async function startRecording() {
   node.port.onmessage = (ev) => onAudio(mine, ev.data);
 }
 
-function onAudio(r, samples) {
+function onAudio(r, data) {
   if (r.stopping) return;
+  const flushed = !(data instanceof Float32Array);
+  let samples = flushed ? data.samples : data;
   const limit = Math.round(maxSeconds * RATE);
-  if (maxSeconds > 0 && r.taken + samples.length >= limit) {
-    samples = samples.subarray(0, Math.max(0, limit - r.taken));
-    r.taken += samples.length;
-    send(r, samples);
-    stopRecording();
-    return;
-  }
+  const full = maxSeconds > 0 && r.taken + samples.length >= limit;
+  if (full) samples = samples.subarray(0, Math.max(0, limit - r.taken));
   r.taken += samples.length;
   send(r, samples);
+  if (flushed || full) finishRecording(r);
 }
 
 function send(r, samples) {
@@ -158,9 +156,18 @@ function releaseAudio(r) {
   if (r.ctx.state !== "closed") r.ctx.close();
 }
 
+// Stop: the worklet first hands over the audio it holds (< 100 ms), then the stream is ENDed.
 function stopRecording() {
   const r = rec;
-  if (!r || r.stopping) return;
+  if (!r || r.stopping || r.flushing) return;
+  r.flushing = true;
+  $("stop").disabled = true;
+  r.node.port.postMessage("flush");
+  setTimeout(() => finishRecording(r), 500); // in case the audio thread has stopped already
+}
+
+function finishRecording(r) {
+  if (r.stopping) return;
   releaseAudio(r);
   $("stop").disabled = true;
   setState("finishing", "waiting for the final transcript…");

@@ -32,6 +32,8 @@ class CaptureProcessor extends AudioWorkletProcessor {
     this.piece = Math.round(TARGET_RATE / 10);
     this.fir = lowpass(this.ratio > 1 ? (0.45 * TARGET_RATE) / sampleRate : 0, 31);
     this.taps = this.fir.length;
+    // "flush" (the page's Stop): post what is held, as {samples}, so the end of the speech is sent.
+    this.port.onmessage = () => this.port.postMessage({ samples: this.take() });
   }
 
   process(inputs) {
@@ -71,16 +73,21 @@ class CaptureProcessor extends AudioWorkletProcessor {
     this.out.push(samples);
     this.outLen += samples.length;
     if (this.outLen >= this.piece) {
-      const all = new Float32Array(this.outLen);
-      let at = 0;
-      for (const s of this.out) {
-        all.set(s, at);
-        at += s.length;
-      }
-      this.out = [];
-      this.outLen = 0;
+      const all = this.take();
       this.port.postMessage(all, [all.buffer]);
     }
+  }
+
+  take() {
+    const all = new Float32Array(this.outLen);
+    let at = 0;
+    for (const s of this.out) {
+      all.set(s, at);
+      at += s.length;
+    }
+    this.out = [];
+    this.outLen = 0;
+    return all;
   }
 }
 
