@@ -298,7 +298,9 @@ async def stream_endpoint(ws: WebSocket) -> None:
                 return
             if msg["type"] == "websocket.disconnect":
                 log.info(
-                    "stream %d: socket closed mid-utterance after %.1f s; ending it", stream_id, total / 16e3
+                    "stream %d: socket closed mid-utterance after %.1f s; ending it",
+                    stream_id,
+                    total / spec.SAMPLE_RATE,
                 )
                 return  # the finally clause ENDs the sequence
             if msg.get("bytes") is not None:
@@ -350,8 +352,10 @@ async def stream_endpoint(ws: WebSocket) -> None:
             await stream.end()
         if forward is not None:
             with contextlib.suppress(asyncio.TimeoutError, Exception):
-                await asyncio.wait_for(forward, cfg.timeout_s)
-            forward.cancel()
+                await asyncio.wait_for(asyncio.shield(forward), cfg.timeout_s)
+            if not forward.done():  # the server never answered: cut the call
+                forward.cancel()
+                stream.cancel()
         gw.streams.release()
 
 
