@@ -65,8 +65,13 @@ def _check(key: str, source: str) -> str:
 
 def _create(path: Path) -> None:
     """Write a new random key to `path` (0600), atomically: a concurrent creator's key wins if it was first."""
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".admin_key-", dir=path.parent)  # mode 0600
+    try:
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".admin_key-", dir=path.parent)  # mode 0600
+    except OSError as e:
+        raise AdminKeyError(
+            f"cannot create the admin key file {path} ({e}): set ${ENV_KEY}, or ${ENV_FILE} to a writable path"
+        ) from None
     try:
         with os.fdopen(fd, "w") as f:
             f.write(secrets.token_urlsafe(32) + "\n")

@@ -338,12 +338,15 @@ def test_a_killed_stub_is_reloaded_by_the_in_process_watchdog(served, clip, mode
     audio, expected = clip
     still_serving(served, clip)
     result = _kill_and_recover(served, model, audio, expected)
-    print(f"\n[recovery] {model} stub SIGKILLed -> asr correct again after {result['seconds']:.1f} s")
+    errors = [msg for kind, msg in result["answers"] if kind == "error"]
+    print(
+        f"\n[recovery] {model} stub SIGKILLed -> asr correct again after {result['seconds']:.1f} s "
+        f"(readiness false seen: {False in result['readiness']}, failed requests meanwhile: {len(errors)})"
+    )
 
     log = served.stderr()
     assert f"[watchdog] {model}: dead" in log and f"[watchdog] {model}: loaded" in log, log[-3000:]
     # honest meanwhile: readiness went false while the model was reloaded, or requests failed cleanly
-    errors = [msg for kind, msg in result["answers"] if kind == "error"]
     assert False in result["readiness"] or errors, "no sign of the outage at all"
     clean = ("is not healthy", "has no available versions", "not ready", "unknown model")
     assert all(any(c in e.lower() for c in clean) for e in errors), errors[:3]
