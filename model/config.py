@@ -118,7 +118,7 @@ class DecoderConfig:
 class DecodingConfig:
     """How transcripts are produced by default (overridable per call)."""
 
-    method: str = "greedy"  # "greedy" | "beam" | "ctc_lm" (needs lm.arpa + lexicon.txt beside the weights)
+    method: str = "greedy"  # "greedy" | "beam" | "ctc_lm" (needs lm.arpa.gz + lexicon.txt beside the weights)
     beam_size: int = 4
     ctc_weight: float = 0.0  # >0: joint CTC/decoder scoring in beam search
     length_penalty: float = 0.0

@@ -10,7 +10,7 @@ probability; a request's i-th hotword is spelled into a trie under the label of 
 boosted look-ahead score, so every prefix of a listed word gains (contextual biasing) and a finished
 one scores like a plausible word. Tries are built once per distinct hotword list and cached.
 
-Files, in the checkpoint folder: `lm.arpa` and `lexicon.txt` (one word a line).
+Files, in the checkpoint folder: `lm.arpa.gz` and `lexicon.txt` (one word a line).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-LM_FILE = "lm.arpa"
+LM_FILE = "lm.arpa.gz"  # KenLM reads gzip; a third of the plain size
 LEXICON_FILE = "lexicon.txt"
 UNK_WORD = "<unk>"
 

@@ -70,7 +70,7 @@ class Recognizer:
 
     @property
     def methods(self) -> tuple[str, ...]:
-        """The decoding methods this checkpoint supports (``ctc_lm`` needs its lm.arpa + lexicon)."""
+        """The decoding methods this checkpoint supports (``ctc_lm`` needs its lm.arpa.gz + lexicon.txt)."""
         return METHODS + ((CTC_LM,) if has_lexicon_lm(self.checkpoint.path) else ())
 
     def lexicon_config(self, **overrides) -> LexiconSearchConfig:

@@ -79,7 +79,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     rec = Recognizer(args.checkpoint)
     if CTC_LM not in rec.methods:
         raise SystemExit(
-            f"{args.checkpoint} has no lm.arpa + lexicon.txt: python -m mambaserve.training.ngram"
+            f"{args.checkpoint} has no lm.arpa.gz + lexicon.txt: python -m mambaserve.training.ngram"
         )
     dev = read_manifest(args.corpus / "dev.jsonl")
     dev_lp = ctc_outputs(rec, dev)

@@ -17,6 +17,7 @@ PROMPT hotwords onto them, which is how a hotword earns its bonus in compiled co
 from __future__ import annotations
 
 import argparse
+import gzip
 import math
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
@@ -158,11 +159,12 @@ def general_words(n: int = 40_000) -> list[str]:
 def write_lm(
     out: Path, sentences: Sequence[str], order: int = 3, n_general: int = 40_000, hotword_slots: int = 16
 ) -> dict:
-    """Write lm.arpa and lexicon.txt for the decoder into `out` (a checkpoint folder)."""
+    """Write lm.arpa.gz and lexicon.txt for the decoder into `out` (a checkpoint folder)."""
     words = lexicon_words(sentences, general_words(n_general) if n_general else ())
     arpa = build_arpa(sentences, order=order, lexicon=words, hotword_slots=hotword_slots)
     out.mkdir(parents=True, exist_ok=True)
-    (out / LM_FILE).write_text(arpa)
+    with open(out / LM_FILE, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) as gz:
+        gz.write(arpa.encode())  # mtime=0: the same text gives the same bytes
     (out / LEXICON_FILE).write_text("\n".join(words) + "\n")
     return {
         "order": order,
@@ -176,7 +178,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from mambaserve.training.text_corpus import sentence_splits
 
     parser = argparse.ArgumentParser(description="Word n-gram LM (ARPA) + lexicon from the training text.")
-    parser.add_argument("--out", type=Path, required=True, help="checkpoint folder to write lm.arpa into")
+    parser.add_argument("--out", type=Path, required=True, help="checkpoint folder to write lm.arpa.gz into")
     parser.add_argument("--order", type=int, default=3)
     parser.add_argument("--general-words", type=int, default=40_000, help="wordfreq words in the lexicon")
     parser.add_argument("--hotword-slots", type=int, default=16)
