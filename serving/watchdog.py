@@ -93,9 +93,13 @@ class Watchdog:
     log: object = print
     events: list[Event] = field(default_factory=list)
     admin_key: str | None = None  # sent as x-admin-key: the repository API is restricted
+    retry_interval: float = 10.0  # seconds between tries to load a model whose reload failed
 
     def __post_init__(self) -> None:
         self._known: dict[str, set[int]] = {}
+        # models this watchdog took down and could not load again -> when to try next (in order:
+        # the dead model first, then what went down with it)
+        self._down: dict[str, float] = {}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -146,8 +150,15 @@ class Watchdog:
         self._known = {m: p for m, p in now.items() if states.get(m) == "READY" and m not in dead}
         return dead
 
+    def _load(self, model: str) -> tuple[int, str]:
+        return self._call("POST", f"/v2/repository/models/{model}/load", {}, timeout=self.reload_timeout)
+
     def recover(self, model: str) -> bool:
-        """Unload + load `model`, then load what went unavailable with it; False if impossible."""
+        """Unload + load `model`, then load what went unavailable with it; False if impossible.
+
+        A load that fails (out of memory, a file being replaced) is retried every `retry_interval`
+        seconds by later checks, with what went down with it; readiness stays false meanwhile.
+        """
         before = self.model_states()
         status, body = self._call(
             "POST", f"/v2/repository/models/{model}/unload", {}, timeout=self.reload_timeout
@@ -161,30 +172,47 @@ class Watchdog:
                 self._event(model, "reload_failed", f"unload: {body}")
             return False
         self._event(model, "unloaded", "readiness is false until it is loaded again")
-        status, body = self._call(
-            "POST", f"/v2/repository/models/{model}/load", {}, timeout=self.reload_timeout
-        )
+        status, body = self._load(model)
         if status != 200:
-            self._event(model, "reload_failed", f"load: {body}")
-            return False
-        self._event(model, "loaded")
-        after = self.model_states()
-        for other, state in before.items():
-            if state == "READY" and after.get(other) != "READY":
-                status, body = self._call(
-                    "POST", f"/v2/repository/models/{other}/load", {}, timeout=self.reload_timeout
-                )
-                self._event(
-                    other, "loaded" if status == 200 else "reload_failed", "" if status == 200 else body
-                )
-        return True
+            self._event(model, "reload_failed", f"load: {body} (retried every {self.retry_interval:g} s)")
+            self._down[model] = time.monotonic() + self.retry_interval
+        else:
+            self._event(model, "loaded")
+        with contextlib.suppress(OSError, RuntimeError, ValueError):
+            after = self.model_states()
+            for other, state in before.items():
+                if other != model and state == "READY" and after.get(other) != "READY":
+                    if status != 200:  # loading it needs `model` first: retried with it
+                        self._down[other] = self._down[model]
+                    elif self._load(other)[0] == 200:
+                        self._event(other, "loaded")
+                    else:
+                        self._event(other, "reload_failed", "retried")
+                        self._down[other] = time.monotonic() + self.retry_interval
+        return status == 200
+
+    def retry_down(self) -> None:
+        """Load again, in order, the models whose reload failed earlier and whose retry time has come."""
+        for model, when in list(self._down.items()):
+            if time.monotonic() < when:
+                continue
+            status, body = self._load(model)
+            if status == 200:
+                del self._down[model]
+                self._event(model, "loaded", "after a failed reload")
+            else:
+                self._down[model] = time.monotonic() + self.retry_interval
+                self._event(model, "reload_failed", f"load: {body}")
+                break  # what follows it needs it
 
     def check_once(self) -> list[str]:
         dead = self.dead_models()
         for model in dead:
             self._event(model, "dead", "stub process gone: every request to it would fail")
             self.recover(model)
-        if dead:
+        retried = bool(self._down)
+        self.retry_down()
+        if dead or retried:
             self.dead_models()  # learn the new stubs
         return dead
 

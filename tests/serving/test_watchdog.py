@@ -2,7 +2,8 @@
 
 What Triton 2.51 does by itself (every request then fails with "Stub process ... is not healthy",
 readiness keeps saying 200), and how the watchdog turns that into an honest not-ready window
-followed by recovery without anyone restarting the server.
+followed by recovery without anyone restarting the server; and a reload that fails is retried
+(make serve's in-process watchdog) until the model loads again.
 """
 
 from __future__ import annotations
@@ -125,3 +126,65 @@ def test_killed_stub_then_watchdog_recovers(model_repository, speech_clips, tmp_
         after = load.since(max(e.time for e in dog.events), "ok")
         assert after and set(after) <= reference, (after[:3], reference)
         assert not load.since(max(e.time for e in dog.events) + 1.0, "error")
+
+
+FLAKY_PY = """
+import os
+import triton_python_backend_utils as pb_utils
+
+class TritonPythonModel:
+    def initialize(self, args):
+        if os.path.exists({marker!r}):
+            raise RuntimeError("weights are being replaced")
+
+    def execute(self, requests):
+        return [pb_utils.InferenceResponse([pb_utils.Tensor("Y", pb_utils.get_input_tensor_by_name(r, "X").as_numpy() * 2)])
+                for r in requests]
+"""
+
+
+def test_a_failed_reload_is_retried_until_the_model_loads(tmp_path):
+    """make serve's watchdog (start_watchdog): the stub dies while its model cannot load; readiness stays
+    false (no half-working server), and once the model can load again it is back without anyone."""
+    import tritonclient.http as httpclient
+    from mambaserve.build import model_config as mc
+    from mambaserve.contract.spec import ModelSpec, TensorSpec
+    from mambaserve.serving.server import start_watchdog
+
+    marker = tmp_path / "cannot-load"
+    repo = tmp_path / "repo"
+    model = ModelSpec(
+        "echo", inputs=(TensorSpec("X", "TYPE_FP32", (-1,)),), outputs=(TensorSpec("Y", "TYPE_FP32", (-1,)),)
+    )
+    (repo / "echo" / "1").mkdir(parents=True)
+    (repo / "echo" / "1" / "model.py").write_text(FLAKY_PY.format(marker=str(marker)))
+    (repo / "echo" / "config.pbtxt").write_text(mc.to_text(mc.model_config(model, backend="python")))
+
+    def echo_works(url: str) -> bool:
+        client = httpclient.InferenceServerClient(url)
+        x = httpclient.InferInput("X", [1, 3], "FP32")
+        x.set_data_from_numpy(np.array([[1, 2, 3]], np.float32))
+        try:
+            return client.infer("echo", [x]).as_numpy("Y").tolist() == [[2, 4, 6]]
+        except Exception:
+            return False
+
+    server = helpers.server(repo, model_control_mode="explicit", load_models=["*"], log_path=tmp_path / "log")
+    with server:
+        lines: list[str] = []
+        dog = start_watchdog(server, interval=0.2)
+        dog.log, dog.retry_interval = lines.append, 0.5
+        try:
+            (victim,) = live_stubs(server.pid)["echo"]
+            marker.touch()
+            os.kill(victim, signal.SIGKILL)
+            assert helpers.wait_for(lambda: any("echo: reload_failed" in x for x in lines), 120), lines
+            assert not helpers.is_ready(server) and not echo_works(server.http_url)
+            time.sleep(1.5)  # several retries, all failing: still honestly not ready
+            assert not helpers.is_ready(server)
+            marker.unlink()
+            assert helpers.wait_for(lambda: echo_works(server.http_url), 120), lines
+            assert helpers.is_ready(server)
+            assert any("echo: loaded: after a failed reload" in x for x in lines), lines
+        finally:
+            dog.stop()
