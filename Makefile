@@ -38,11 +38,17 @@ venv: $(STAMP)
 # Debian's contrib + non-free components when the MBROLA / Pico voices are missing (and says so),
 # installs the training voices (espeak-ng, sox, MBROLA, Pico) and the evaluation-only ones (flite,
 # festival), and fetches the English package descriptions (reserved evaluation text).
+# The front (serving/front.py, make serve REPLICAS=N and its tests): Debian's nginx with njs.
+NGINX_DEPS = if ! command -v nginx >/dev/null || [ ! -e /usr/lib/nginx/modules/ngx_http_js_module.so ]; then \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq nginx-light libnginx-mod-http-js >/dev/null; \
+	fi
 system-deps:
 	@if ! command -v prometheus >/dev/null; then \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq prometheus >/dev/null; \
 	fi
+	@$(NGINX_DEPS)
 	@# Headless Chromium and its WebDriver for the browser tests of clients/web (tests/clients/test_web.py).
 	@if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
@@ -86,8 +92,15 @@ evaluate: venv
 repo: venv
 	$(PY) -m mambaserve.build --checkpoint $(CHECKPOINT) --out $(REPO)
 
+# REPLICAS=N (N > 1): N tritonservers on private ports behind the nginx front on HTTP_PORT/GRPC_PORT
+# (session affinity, limits; serving/front.py). Unset or 1: one tritonserver, as before.
+REPLICAS ?= 1
 serve: venv
-	$(PY) -m mambaserve.serving.server --repository $(REPO)
+	@if [ "$(REPLICAS)" -gt 1 ]; then \
+	  $(NGINX_DEPS) && $(PY) -m mambaserve.serving.front --repository $(REPO) --replicas $(REPLICAS); \
+	else \
+	  $(PY) -m mambaserve.serving.server --repository $(REPO); \
+	fi
 
 # The page that listens (clients/web): microphone -> WebSocket -> gateway -> asr_streaming over gRPC,
 # file upload -> asr. Next to a running `make serve` (its gRPC port: GRPC_PORT).

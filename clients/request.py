@@ -20,6 +20,9 @@ from tritonclient.utils import InferenceServerException
 
 PROTOCOLS = ("grpc", "http")
 DEFAULT_URLS = {"grpc": "127.0.0.1:8001", "http": "127.0.0.1:8000"}
+AFFINITY_HEADER = "x-mambaserve-affinity"
+"""Sent with every sequence / session request: a front with several replicas (mambaserve.serving.front)
+hashes on it, so that all requests of one sequence reach the replica that holds its state."""
 
 AudioInput = np.ndarray | AudioSource
 

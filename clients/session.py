@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 from mambaserve.clients.request import (
+    AFFINITY_HEADER,
     DEFAULT_URLS,
     AudioInput,
     ServerError,
@@ -136,7 +137,11 @@ class SessionClient:
 
                 self._module = grpcclient
                 client = grpcclient.InferenceServerClient(self.url)
-                client.start_stream(callback=self._on_response, headers=self.headers or None)
+                # One stream for every session of this client: one affinity key keeps them on one replica.
+                client.start_stream(
+                    callback=self._on_response,
+                    headers={AFFINITY_HEADER: str(new_sequence_id()), **self.headers},
+                )
                 self._grpc = client
             return self._grpc
 
@@ -270,7 +275,7 @@ class SessionClient:
         req = urllib.request.Request(
             f"http://{self.url}/v2/models/{self.model}/generate_stream",
             data=json.dumps(body).encode(),
-            headers={"Content-Type": "application/json", **self.headers},
+            headers={"Content-Type": "application/json", AFFINITY_HEADER: str(sid), **self.headers},
         )
         try:
             resp = urllib.request.urlopen(req, timeout=self.timeout)

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from mambaserve.clients.request import (
+    AFFINITY_HEADER,
     DEFAULT_URLS,
     AudioInput,
     ServerError,
@@ -123,8 +124,10 @@ class StreamingClient:
         chunks = chunk_audio(samples, max(1, round(chunk_ms * spec.SAMPLE_RATE / 1000)))
         sid = sequence_id if sequence_id is not None else new_sequence_id()
         answers: queue.Queue = queue.Queue()
+        # One gRPC stream per sequence: the affinity header keeps it on one replica behind a front.
         self._client.start_stream(
-            callback=lambda result, error: answers.put((time.perf_counter(), result, error))
+            callback=lambda result, error: answers.put((time.perf_counter(), result, error)),
+            headers={AFFINITY_HEADER: str(sid)},
         )
         sent_at: list[float] = []
         ends = np.cumsum([len(c) for c in chunks]) / spec.SAMPLE_RATE
