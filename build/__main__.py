@@ -70,7 +70,10 @@ def main(argv: list[str] | None = None) -> int:
         "--torch-threads", type=int, default=1, help="torch threads per python model instance (0: all cores)"
     )
     parser.add_argument(
-        "--decoding-method", choices=["greedy", "beam"], default=None, help="default: the checkpoint's"
+        "--decoding-method",
+        choices=["greedy", "beam", "ctc_lm"],
+        default=None,
+        help="default: the checkpoint's",
     )
     parser.add_argument("--max-queue-delay-us", type=int, default=spec.MAX_QUEUE_DELAY_MICROSECONDS)
     parser.add_argument(

@@ -33,6 +33,7 @@ from mambaserve.build.versioning import BUILD_INFO, next_version
 from mambaserve.contract import spec
 from mambaserve.model.checkpoint import CONFIG, TOKENIZER, WEIGHTS, load_checkpoint, save_checkpoint
 from mambaserve.model.config import ModelConfig
+from mambaserve.model.lexicon_search import LEXICON_FILE, LM_FILE
 from mambaserve.serving.backends.common import CHECKPOINT_DIR, DECODE_STEPS
 from mambaserve.serving.server import ServerError
 
@@ -83,7 +84,7 @@ class BuildOptions:
     instance and more instances scale better than threads: on a shared 2-core machine a greedy
     decode took 0.12 s with 1 torch thread and 4.4 s with 2 (threads spinning against each other)."""
     decoding_method: str | None = None
-    """"greedy" / "beam" for the decoder model; None keeps the checkpoint's default."""
+    """"greedy" / "beam" / "ctc_lm" for the decoding models; None keeps the checkpoint's default."""
     max_queue_delay_us: int = spec.MAX_QUEUE_DELAY_MICROSECONDS
     verify_load: bool = True
     """Start a real tritonserver on the staged repository before installing it."""
@@ -139,13 +140,15 @@ class BuildResult:
 
 
 def checkpoint_digest(path: str | Path) -> str:
-    """sha256 over what defines the model: weights, config and tokenizer (names and contents).
+    """sha256 over what defines the model: weights, config, tokenizer, LM and lexicon (names, contents).
 
     Documentation beside them (a model card, a training report) does not make a built repository stale.
     """
     h = hashlib.sha256()
     for f in sorted(
-        Path(path) / name for name in (WEIGHTS, CONFIG, TOKENIZER) if (Path(path) / name).is_file()
+        Path(path) / name
+        for name in (WEIGHTS, CONFIG, TOKENIZER, LM_FILE, LEXICON_FILE)
+        if (Path(path) / name).is_file()
     ):
         h.update(f.name.encode() + b"\0")
         with open(f, "rb") as fh:
@@ -290,6 +293,10 @@ def build_repository(
             vdir = staging / name / str(versions[name])
             vdir.mkdir(parents=True)
             save_checkpoint(vdir / CHECKPOINT_DIR, ckpt.model, ckpt.tokenizer, config, parts=parts)
+            if name in DECODING_MODELS:  # the word-level search (decoding method ctc_lm) reads these
+                for lm_file in (LM_FILE, LEXICON_FILE):
+                    if (checkpoint / lm_file).is_file():
+                        shutil.copyfile(checkpoint / lm_file, vdir / CHECKPOINT_DIR / lm_file)
             (vdir / "model.py").write_text(python_model_file(module, name))
             size = sum(f.stat().st_size for f in (vdir / CHECKPOINT_DIR).iterdir())
             extra = ""

@@ -145,8 +145,10 @@ class Recognizer:
     ) -> list[list[int]]:
         d = self.config.decoding
         method = method or d.method
-        if method not in METHODS:
-            raise ValueError(f"decoding method must be one of {METHODS}, got {method!r}")
+        if method not in self.methods:
+            raise ValueError(f"decoding method must be one of {self.methods}, got {method!r}")
+        if method == CTC_LM:  # the search writes words; as tokens, the tokenizer's spelling of them
+            return [self.tokenizer.encode(text) for text in self.decode_ctc_lm(enc, prompts)]
         batch = enc.prefix.shape[0]
         prompt_ids = [self.validate_prompt(p) for p in (prompts or [None] * batch)]
         max_lengths = max_decode_lengths(

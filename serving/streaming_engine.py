@@ -39,10 +39,13 @@ from mambaserve.model.search import beam_search, max_decode_lengths
 from torch import Tensor
 
 GREEDY, BEAM, SAMPLE = "greedy", "beam", "sample"
+CTC_LM = "ctc_lm"
+"""Not a generation method: the compiled lexicon + LM search over the CTC log-probs (model.lexicon_search);
+the models that offer it answer its whole text at once and never step the decoder for it."""
 MIN_ROWS = 4
 """Fewest rows any matrix product gets (see the module docstring)."""
 PAD_SLOT = -1
-METHODS = (GREEDY, BEAM, SAMPLE)
+METHODS = (GREEDY, BEAM, SAMPLE, CTC_LM)
 
 
 def _pool(config, capacity: int, device, dtype=torch.float32) -> MambaState:

@@ -1,5 +1,8 @@
 """`decoder` model: encoder outputs (+ optional PROMPT) -> TRANSCRIPT, via `Recognizer.decode`.
 
+With decoding method ``ctc_lm`` (the checkpoint's lm.arpa.gz + lexicon.txt) the batch's CTC log-probs go
+through the compiled lexicon + LM search with the PROMPT's hotwords, and the Mamba decoder is not run.
+
 On a CPU instance every generated token runs the compiled decode step (``decoder_step.onnx`` beside
 this model, ONNX Runtime; parameter ``decode_step: torch`` switches back to eager PyTorch); on a GPU
 instance the PyTorch step with the Triton kernels.
@@ -17,6 +20,7 @@ import torch
 import triton_python_backend_utils as pb_utils
 from mambaserve.contract import spec
 from mambaserve.model.network import EncoderOutput
+from mambaserve.model.recognizer import CTC_LM
 from mambaserve.serving.backends.common import (
     decode_prompts,
     error_response,
@@ -78,10 +82,15 @@ class TritonPythonModel:
             ctc_lengths=lengths(spec.CTC_LENGTHS.name),
         )
         prompts = [p for _, ps in items for p in ps]
-        with torch.inference_mode():
-            ids = self.recognizer.decode_ids(enc, prompts=prompts, method=self.method)
-        texts = [self.recognizer.tokenizer.decode(row) for row in ids]
-        self.metrics.tokens(self.name, sum(len(row) for row in ids))
+        if (self.method or self.recognizer.config.decoding.method) == CTC_LM:
+            # the whole batch through the compiled lexicon + LM search; the Mamba decoder is not run
+            texts = self.recognizer.decode_ctc_lm(enc, prompts)
+            self.metrics.tokens(self.name, sum(len(self.recognizer.tokenizer.encode(t)) for t in texts))
+        else:
+            with torch.inference_mode():
+                ids = self.recognizer.decode_ids(enc, prompts=prompts, method=self.method)
+            texts = [self.recognizer.tokenizer.decode(row) for row in ids]
+            self.metrics.tokens(self.name, sum(len(row) for row in ids))
         out, offset = [], 0
         for _, ps in items:
             out.append(list(texts[offset : offset + len(ps)]))

@@ -32,12 +32,16 @@ instance (a session lives in one process).
 from __future__ import annotations
 
 import json
+import queue
+import threading
+import time
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 import triton_python_backend_utils as pb_utils
 from mambaserve.contract import spec
+from mambaserve.model.lexicon_search import parse_hotwords
 from mambaserve.model.tokenizer import BOS_ID
 from mambaserve.serving.backends.common import (
     RequestError,
@@ -55,9 +59,18 @@ from mambaserve.serving.metrics import (
     Metrics,
 )
 from mambaserve.serving.state import PerSlot, SequenceError, StatePool
-from mambaserve.serving.streaming_engine import BEAM, DecoderPool, EncoderStreams, Sampling, max_decode_length
+from mambaserve.serving.streaming_engine import (
+    BEAM,
+    CTC_LM,
+    DecoderPool,
+    EncoderStreams,
+    Sampling,
+    max_decode_length,
+)
 
 FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
+CANCEL_GRACE_S = 0.25
+"""How long after seeing a request cancelled its final flag waits (see `_Closer`)."""
 STATE_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
@@ -68,6 +81,7 @@ class _Item:
     slot: int = -1
     audio: np.ndarray | None = None
     prompt: list[int] = field(default_factory=list)
+    hotwords: list[str] = field(default_factory=list)  # the PROMPT's, for ctc_lm
     context: list[int] = field(default_factory=list)
     sampling: object = None
     secret: str | None = None  # the SESSION_KEY the request carried
@@ -75,6 +89,43 @@ class _Item:
     ids: list[int] = field(default_factory=list)
     text: str = ""
     done: bool = False
+
+
+class _Closer:
+    """Sends the final flag of cancelled requests, CANCEL_GRACE_S after the model saw the cancellation,
+    from its own thread.
+
+    Triton needs that flag to complete a request, but on tritonserver 2.51 a send that races with the
+    gRPC frontend's handling of a stream cancellation segfaults the server; the model notices the
+    cancellation right when the frontend is handling it (a flag sent at once crashed the server once
+    in ~5 000 cancelled sampled streams), so the flag goes out once that is over. Nothing but the
+    final flag is ever sent to a cancelled request.
+    """
+
+    def __init__(self, grace_s: float = CANCEL_GRACE_S) -> None:
+        self.grace_s = grace_s
+        self._queue: queue.Queue = queue.Queue()
+        self._thread = threading.Thread(target=self._run, name="cancelled-closer", daemon=True)
+        self._thread.start()
+
+    def close(self, sender) -> None:
+        self._queue.put((time.monotonic() + self.grace_s, sender))
+
+    def _run(self) -> None:
+        while True:
+            due, sender = self._queue.get()
+            if sender is None:
+                return
+            time.sleep(max(0.0, due - time.monotonic()))
+            try:
+                sender.send(flags=FINAL)
+            except Exception as e:  # the request is gone anyway; keep closing the others
+                pb_utils.Logger.log_warn(f"final flag of a cancelled request: {type(e).__name__}: {e}")
+
+    def stop(self) -> None:
+        """Send what is queued (after its grace) and stop (``finalize``)."""
+        self._queue.put((0.0, None))
+        self._thread.join(timeout=10)
 
 
 class TritonPythonModel:
@@ -127,13 +178,19 @@ class TritonPythonModel:
         self.history = PerSlot(capacity, int)
         self.frames = PerSlot(capacity, int)
         self.ctc = PerSlot(capacity, lambda: None)
-        self.keep_ctc = d.ctc_weight > 0
+        # CTC log-probs are kept for the joint beam and for ctc_lm (when the checkpoint ships its LM)
+        self.ctc_lm = CTC_LM in self.recognizer.methods
+        self.keep_ctc = d.ctc_weight > 0 or self.ctc_lm
+        if self.ctc_lm:
+            _ = self.recognizer.lexicon_search  # load the LM and build the lexicon trie now
         self.states.bind(self.sessions, self.history, self.frames, self.ctc)
+        self.closer = _Closer()
         self._warm_up()
         self.states.serve()
 
     def finalize(self) -> None:
         self.states.close()
+        self.closer.stop()
 
     def _warm_up(self) -> None:
         self.encoder.reset(0)
@@ -189,15 +246,24 @@ class TritonPythonModel:
                 "utf-8", errors="replace"
             )
         item.prompt = self._text_input(request, spec.PROMPT)
+        raw_prompt = pb_utils.get_input_tensor_by_name(request, spec.PROMPT.name)
+        if raw_prompt is not None:
+            item.hotwords = parse_hotwords(decode_prompts(raw_prompt.as_numpy(), 1)[0] or "")
         item.context = self._text_input(request, spec.CONTEXT)
         values = {}
         for t in spec.SESSION_SETTINGS:
             tensor = pb_utils.get_input_tensor_by_name(request, t.name)
             values[t.name] = None if tensor is None else tensor.as_numpy()
         item.sampling = parse_sampling(values, self.defaults, vocab_size=self.config.vocab_size)
+        if item.sampling.method == CTC_LM and not self.ctc_lm:
+            raise ValueError(
+                f"input '{spec.DECODING_METHOD.name}': ctc_lm needs a checkpoint with its LM "
+                f"(lm.arpa.gz + lexicon.txt); this one has {', '.join(self.recognizer.methods)}"
+            )
 
     def _gone(self, item: _Item) -> bool:
-        """True once the client cancelled (e.g. closed its stream): send nothing more but the final flag.
+        """True once the client cancelled (e.g. closed its stream): send nothing more; the final flag
+        follows from the closer after a grace period.
 
         Responses sent on a cancelled gRPC stream can crash tritonserver 2.51's frontend (a race fixed
         upstream later), so cancellation is checked before every send; Triton still needs the flag.
@@ -205,7 +271,7 @@ class TritonPythonModel:
         if item.done:
             return True
         if item.sender.is_cancelled():
-            item.sender.send(flags=FINAL)
+            self.closer.close(item.sender)
             item.done = True
             self.metrics.rejected(self.name, "cancelled")
             return True
@@ -316,7 +382,15 @@ class TritonPythonModel:
             for it in with_context:
                 self.history[it.slot] += len(it.context)
 
-        generating = [it for it in group if it.sampling.max_tokens != 0]
+        by_lm = [it for it in group if it.sampling.method == CTC_LM and it.sampling.max_tokens != 0]
+        if by_lm:  # the whole text in one response, as offline `asr` decodes it
+            texts = self.recognizer.lexicon_search.decode_batch(
+                [self.ctc[it.slot].cpu().numpy() for it in by_lm], [it.hotwords for it in by_lm]
+            )
+            for it, text in zip(by_lm, texts):
+                it.text, it.ids = text, self.tokenizer.encode(text)
+                self._send(it, final=True)
+        generating = [it for it in group if it.sampling.max_tokens != 0 and it.sampling.method != CTC_LM]
         for it in group:
             if it.sampling.max_tokens == 0:
                 self._send(it, final=True)

@@ -16,6 +16,8 @@ import numpy as np
 import torch
 import triton_python_backend_utils as pb_utils
 from mambaserve.contract import spec
+from mambaserve.model.lexicon_search import parse_hotwords
+from mambaserve.model.recognizer import CTC_LM
 from mambaserve.model.tokenizer import BOS_ID
 from mambaserve.serving.backends.common import decode_prompts, error_response, load_recognizer, parameter
 from mambaserve.serving.metrics import INTERNAL, STATEFUL_REJECTION_REASONS, Metrics
@@ -46,7 +48,10 @@ class TritonPythonModel:
             ctc_weight=d.ctc_weight,
             length_penalty=d.length_penalty,
         )
-        self.keep_ctc = self.sampling.method == BEAM and d.ctc_weight > 0
+        # ctc_lm: finals from the compiled lexicon + LM search over the sequence's CTC log-probs; the
+        # Mamba decoder is then not fed at all (no per-token work, no stall for other streams)
+        self.ctc_lm = method == CTC_LM
+        self.keep_ctc = self.ctc_lm or (self.sampling.method == BEAM and d.ctc_weight > 0)
         self.metrics = Metrics()
         self.metrics.declare(self.name, tokens=True, reasons=(*STATEFUL_REJECTION_REASONS, INTERNAL))
         self.states = StatePool(
@@ -63,8 +68,11 @@ class TritonPythonModel:
             self.recognizer.model.decoder, capacity, self.device, step=self.recognizer.compiled_step
         )
         self.prompts = PerSlot(capacity, list)  # token ids of the PROMPT of the sequence's first chunk
-        self.ctc = PerSlot(capacity, list)  # CTC log-probs of the chunks so far (joint beam search only)
-        self.states.bind(self.rows, self.prompts, self.ctc)
+        self.ctc = PerSlot(capacity, list)  # CTC log-probs of the chunks so far (ctc_lm, joint beam)
+        self.hotwords = PerSlot(capacity, list)  # the PROMPT's hotwords (ctc_lm)
+        self.states.bind(self.rows, self.prompts, self.ctc, self.hotwords)
+        if self.ctc_lm:
+            _ = self.recognizer.lexicon_search  # load the LM and build the lexicon trie now
         self._warm_up()
         self.states.serve()
 
@@ -104,7 +112,7 @@ class TritonPythonModel:
                 seq = self.states.sequence(request)
                 arrays = self._read(request)
                 prompt = pb_utils.get_input_tensor_by_name(request, spec.PROMPT.name)
-                prompt_ids = None
+                prompt_ids, hotwords = None, []
                 if prompt is not None:
                     if not seq.start:
                         raise ValueError(
@@ -115,9 +123,11 @@ class TritonPythonModel:
                         prompt_ids = self.recognizer.validate_prompt(text)
                     except ValueError as e:
                         raise ValueError(f"input '{spec.PROMPT.name}': {e}") from None
+                    hotwords = parse_hotwords(text or "")
                 slot, _ = self.states.admit(seq)
                 if seq.start:
                     self.prompts[slot] = prompt_ids or []
+                    self.hotwords[slot] = hotwords
                 accepted.append((i, seq, slot, arrays))
             except SequenceError as e:
                 responses[i] = self._error(e)
@@ -142,7 +152,8 @@ class TritonPythonModel:
                         if self.keep_ctc:
                             m = int(a[spec.CTC_LENGTHS.name].reshape(-1)[0])
                             self.ctc[slot].append(torch.from_numpy(a[spec.CTC_LOGPROBS.name][0, :m].copy()))
-                    self.rows.feed([slot for _, _, slot, _ in rows], prefixes)
+                    if not self.ctc_lm:
+                        self.rows.feed([slot for _, _, slot, _ in rows], prefixes)
                     ending = [(p, r) for p, r in zip(positions, rows) if r[1].end]
                     if ending:
                         slots = [r[2] for _, r in ending]
@@ -173,8 +184,16 @@ class TritonPythonModel:
         return responses
 
     def _finish(self, slots: list[int], frames: list[int], count: bool = True) -> list[str]:
-        """Feed [prompt][BOS] and decode, rows in place; the offline search's method and budget."""
+        """Feed [prompt][BOS] and decode, rows in place; the offline search's method and budget
+        (ctc_lm: the lexicon + LM search over the sequence's CTC log-probs, as offline)."""
         config = self.config
+        if self.ctc_lm:
+            vocab = self.config.vocab_size
+            logprobs = [
+                torch.cat(self.ctc[s]).numpy() if self.ctc[s] else np.zeros((0, vocab), np.float32)
+                for s in slots
+            ]
+            return self.recognizer.lexicon_search.decode_batch(logprobs, [self.hotwords[s] for s in slots])
         logits = self.rows.feed_tokens(slots, [[*self.prompts[s], BOS_ID] for s in slots])
         budgets = [max_decode_length(f, config) for f in frames]
         settings = [self.sampling] * len(slots)
