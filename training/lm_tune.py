@@ -7,8 +7,8 @@ scored once, with the chosen settings, and never used to choose.
 
     python -m mambaserve.training.lm_tune --checkpoint DIR --corpus data/corpus [--write]
 
-`--write` stores the chosen settings (and method ctc_lm, if it beats the checkpoint's default on dev)
-in DIR/config.json.
+`--write` stores the chosen settings in DIR/config.json, and makes ctc_lm the default decoding method
+if its dev WER is no worse than the checkpoint's default method's.
 """
 
 from __future__ import annotations
@@ -135,6 +135,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         cfg_path = args.checkpoint / "config.json"
         cfg = json.loads(cfg_path.read_text())
         cfg["decoding"].update(chosen)
+        default = cfg["decoding"]["method"]
+        if default != CTC_LM:  # ctc_lm becomes the default only if it beats it on dev
+            clips = [sf.read(it["audio"], dtype="float32")[0] for it in plain]
+            hyps = [h for i in range(0, len(clips), 16) for h in rec.transcribe(clips[i : i + 16])]
+            base = score([it["text"] for it in plain], hyps)
+            print(f"dev, checkpoint default ({default}): WER {base.wer:.3f}; ctc_lm: {best['wer']:.3f}")
+            if best["wer"] <= base.wer:
+                cfg["decoding"]["method"] = CTC_LM
         cfg_path.write_text(json.dumps(cfg, indent=2) + "\n")
         print(f"wrote the chosen settings into {cfg_path}")
     return 0

@@ -194,11 +194,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     final = trainer.fit()
     timings["training"] = trainer.schedule.elapsed  # counts earlier sessions of a resumed run too
 
+    t0 = _stage("language model and search settings")
+    from mambaserve.training.lm_tune import main as lm_tune
+    from mambaserve.training.ngram import write_lm
+    from mambaserve.training.text_corpus import sentence_splits
+
+    print(write_lm(Path(final), list(sentence_splits().train)))
+    lm_tune(["--checkpoint", str(final), "--corpus", str(corpus), "--write"])
+    timings["language model and search settings"] = time.perf_counter() - t0
+
     t0 = _stage("evaluation")
     results = {}
     for name in TEST_SETS:
         results[name] = evaluate(str(final), str(corpus / f"{name}.jsonl"), progress=True)
-        print(name, json.dumps({m: results[name][m] for m in ("greedy", "beam", "ctc_greedy")}))
+        print(name, json.dumps({m: results[name][m] for m in ("greedy", "beam", "ctc_lm", "ctc_greedy")}))
     timings["evaluation"] = time.perf_counter() - t0
 
     t0 = _stage("pocketsphinx baseline")
