@@ -52,6 +52,9 @@ def main(argv: list[str] | None = None) -> int:
         help="build a TensorRT engine for the encoder (needs tensorrt + a GPU)",
     )
     parser.add_argument("--fp16", action="store_true", help="TensorRT engine in FP16")
+    parser.add_argument(
+        "--int8", action="store_true", help="ONNX encoder with dynamic INT8 weights (ONNX Runtime quantiser)"
+    )
     parser.add_argument("--gpu", action="store_true", help="KIND_GPU instances for the encoder and decoder")
     parser.add_argument(
         "--instances",
@@ -140,6 +143,7 @@ def main(argv: list[str] | None = None) -> int:
         options = BuildOptions(
             tensorrt=args.tensorrt,
             fp16=args.fp16,
+            int8=args.int8,
             gpu=args.gpu,
             instances=instances,
             ort_threads=args.ort_threads,

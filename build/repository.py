@@ -73,6 +73,8 @@ class BuildOptions:
     """Build a TensorRT engine for the encoder (when tensorrt and a GPU exist; else say why not)."""
     fp16: bool = False
     """TensorRT engine in FP16."""
+    int8: bool = False
+    """ONNX encoder with dynamic INT8 weights (ONNX Runtime's quantiser), after an FP32 parity check."""
     gpu: bool = False
     """KIND_GPU instances for the encoder and decoder (feature extraction stays on CPU)."""
     instances: Mapping[str, int] = field(default_factory=dict)
@@ -264,6 +266,15 @@ def build_repository(
             _check_engine(plan, onnx_path, n_mels, options.fp16, log)
             onnx_path.unlink()  # the plan replaces it; keeping both would make the folder ambiguous
             platform = TENSORRT_PLATFORM
+        if options.int8 and platform == ONNX_PLATFORM:
+            q = encoder_export.quantize_int8(onnx_path, n_mels)
+            log(
+                f"      INT8 weights: {q.fp32_bytes / 1e6:.1f} -> {q.int8_bytes / 1e6:.1f} MB, relative change "
+                f"of CTC log-probs {q.logprob_error:.2e}, prefix {q.prefix_error:.2e} "
+                f"(limit {encoder_export.INT8_RTOL:g})"
+            )
+        elif options.int8:
+            log("      note: --int8 applies to the ONNX encoder only; the TensorRT engine is built as asked")
         if options.fp16 and platform != TENSORRT_PLATFORM:
             log("      note: --fp16 applies to the TensorRT engine only; the ONNX encoder stays FP32")
 

@@ -163,3 +163,48 @@ def check_parity(
                 f"froze a dynamic length or changed the numerics."
             )
     return results
+
+
+INT8_RTOL = 0.25
+"""Largest relative error INT8 weights may add to the CTC log-probs and the prefix on random features
+(the default checkpoint: ~0.1 there, transcripts of held-out speech measured in build/README.md)."""
+
+
+@dataclass(frozen=True)
+class Int8Result:
+    """What dynamic INT8 quantisation did: sizes, and how far its outputs moved from FP32."""
+
+    fp32_bytes: int
+    int8_bytes: int
+    logprob_error: float  # relative error of the CTC log-probs (worst parity shape)
+    prefix_error: float  # relative error of the decoder prefix
+
+
+def quantize_int8(onnx_path: str | Path, n_mels: int, *, seed: int = 3) -> Int8Result:
+    """Replace `onnx_path` with ONNX Runtime's dynamic INT8 quantisation (MatMul weights as int8,
+    activations quantised per call) after checking its outputs against FP32 at two lengths.
+
+    Random features only bound the numeric change (ParityError above INT8_RTOL); what it does to
+    transcripts is measured on held-out speech (build/README.md).
+    """
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    onnx_path = Path(onnx_path)
+    quantized = onnx_path.with_name(onnx_path.stem + ".int8.onnx")
+    quantize_dynamic(str(onnx_path), str(quantized), weight_type=QuantType.QInt8)
+    lp_err = prefix_err = 0.0
+    for batch, frames in ((2, 300), (1, 777)):
+        features, lengths = example(batch, frames, n_mels, seed=seed)
+        ref = run_onnx(onnx_path, features.numpy(), lengths.numpy())
+        got = run_onnx(quantized, features.numpy(), lengths.numpy())
+        prefix_err = max(prefix_err, relative_error(got[0], ref[0]))
+        lp_err = max(lp_err, relative_error(got[2], ref[2]))
+    result = Int8Result(onnx_path.stat().st_size, quantized.stat().st_size, lp_err, prefix_err)
+    if max(lp_err, prefix_err) > INT8_RTOL:
+        quantized.unlink()
+        raise ParityError(
+            f"INT8 encoder: CTC log-probs off by {lp_err:.2e}, prefix by {prefix_err:.2e} relative "
+            f"(limit {INT8_RTOL:g}); build it without --int8"
+        )
+    quantized.replace(onnx_path)
+    return result

@@ -135,3 +135,29 @@ def test_a_build_whose_export_freezes_the_length_fails_and_changes_nothing(
     assert {p.relative_to(out) for p in out.rglob("*")} == before
     assert versions(out / spec.ENCODER) == [1]
     assert any("exporting the encoder" in line for line in lines)
+
+
+def test_int8_encoder_is_smaller_runs_at_any_length_and_keeps_the_transcripts(
+    model_repository, tmp_path, recognizer, speech_clips
+):
+    """--int8: dynamic INT8 weights. Outputs stay within the build's bound, the graph keeps its dynamic
+    lengths, and the speech clips' transcripts barely move (held-out accuracy: build/README.md)."""
+    from mambaserve.build.export.encoder import INT8_RTOL, quantize_int8
+
+    path = tmp_path / "model.onnx"
+    shutil.copyfile(model_repository / spec.ENCODER / "1" / "model.onnx", path)
+    fp32 = tmp_path / "fp32.onnx"
+    shutil.copyfile(path, fp32)
+    result = quantize_int8(path, recognizer.config.features.n_mels)
+    assert result.int8_bytes < result.fp32_bytes / 2
+    assert result.logprob_error <= INT8_RTOL and result.prefix_error <= INT8_RTOL
+    same = 0
+    for _, audio in speech_clips:
+        feats, lengths = recognizer.features([audio])
+        args = (feats.numpy(), lengths.numpy().reshape(-1, 1))
+        texts = []
+        for model in (fp32, path):
+            out = run_onnx(model, *args)
+            texts.append(recognizer.lexicon_search.decode(out[2][0, : int(out[3].reshape(-1)[0])]))
+        same += texts[0] == texts[1]
+    assert same >= len(speech_clips) - 1, f"INT8 changed {len(speech_clips) - same} of {len(speech_clips)}"
