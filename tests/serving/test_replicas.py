@@ -16,7 +16,13 @@ import helpers
 import pytest
 from mambaserve.clients import ASRClient, SessionClient
 from mambaserve.clients.request import ASRError
-from mambaserve.clients.streaming import StreamingClient
+from mambaserve.clients.streaming import (
+    StreamingClient,
+    chunk_audio,
+    chunk_inputs,
+    new_sequence_id,
+    parse_chunk,
+)
 from mambaserve.contract import spec
 from mambaserve.serving import front
 
@@ -120,6 +126,38 @@ def test_offline_requests_spread_over_both_replicas(pair, clips, offline):
         texts = asr.transcribe_many([clips[i % len(clips)] for i in range(16)], concurrency=4)
     assert [t.text for t in texts] == [offline[i % len(clips)] for i in range(16)]
     after = [successes(s, spec.ASR) for s in pair.servers]
+    assert all(a > b for a, b in zip(after, before)), (before, after)
+
+
+def test_http_sequences_without_the_header_keep_to_one_replica(pair, clips, offline):
+    """Plain tritonclient.http, no affinity header: the front keys each chunk by the sequence_id in the
+    request's JSON (front.js); a chunk sent to the other replica would be refused (no START there)."""
+    import tritonclient.http as httpclient
+
+    n = 16
+    chunked = [chunk_audio(clips[i % len(clips)], CHUNK_MS * spec.SAMPLE_RATE // 1000) for i in range(n)]
+    sids = [new_sequence_id() for _ in range(n)]
+    finals: list[str | None] = [None] * n
+    before = [successes(s, spec.ASR_STREAMING) for s in pair.servers]
+    client = httpclient.InferenceServerClient(pair.front.http_url)
+    try:
+        for k in range(max(len(c) for c in chunked)):  # chunk k of every sequence, then chunk k + 1
+            for i, chunks in enumerate(chunked):
+                if k < len(chunks):
+                    result = client.infer(
+                        spec.ASR_STREAMING,
+                        chunk_inputs(httpclient, chunks[k], None),
+                        sequence_id=sids[i],
+                        sequence_start=k == 0,
+                        sequence_end=k == len(chunks) - 1,
+                    )
+                    text, final = parse_chunk(result)
+                    if final:
+                        finals[i] = text
+    finally:
+        client.close()
+    assert finals == [offline[i % len(clips)] for i in range(n)]
+    after = [successes(s, spec.ASR_STREAMING) for s in pair.servers]
     assert all(a > b for a, b in zip(after, before)), (before, after)
 
 
