@@ -43,6 +43,7 @@ from mambaserve.serving.server import (
     ServerError,
     TritonServer,
     free_port,
+    start_watchdog,
 )
 
 AFFINITY_HEADER = "x-mambaserve-affinity"
@@ -279,6 +280,8 @@ class Replicas:
         log_dir: str | os.PathLike | None = None,
         echo: bool = False,
         startup_timeout: float = 600.0,
+        model_control_mode: str | None = None,
+        load_models: tuple[str, ...] = (),
         server_args: tuple[str, ...] = (),
     ):
         if n < 1:
@@ -294,6 +297,8 @@ class Replicas:
                 log_path=(log_dir / f"tritonserver-{i}.log") if log_dir else None,
                 echo=echo,
                 startup_timeout=startup_timeout,
+                model_control_mode=model_control_mode,
+                load_models=load_models,
                 # The models' per-client caps count the x-client-id the front sets.
                 extra_args=(*FORWARD_ARGS, *server_args),
             )
@@ -399,7 +404,11 @@ def main(argv: list[str] | None = None) -> int:
         burst=args.burst,
         conns=args.conns,
     )
-    replicas = Replicas(args.repository, args.replicas, settings, echo=False)
+    # As `make serve`: explicit model control, so that each replica's watchdog can reload a model whose
+    # stub died; a replica that exits is started again on its ports (nginx skips it meanwhile).
+    replicas = Replicas(
+        args.repository, args.replicas, settings, model_control_mode="explicit", load_models=("*",)
+    )
     stopping = threading.Event()
     signal.signal(signal.SIGINT, lambda *_: stopping.set())
     signal.signal(signal.SIGTERM, lambda *_: stopping.set())
@@ -414,17 +423,37 @@ def main(argv: list[str] | None = None) -> int:
     for i, s in enumerate(replicas.servers):
         print(
             f"[mambaserve]   replica {i}: HTTP {s.http_url} gRPC {s.grpc_url} metrics http://{s.metrics_url}/metrics "
-            f"(log {s.log_path})",
+            f"(pid {s.pid}, log {s.log_path})",
             file=sys.stderr,
         )
+    dogs = [start_watchdog(s) for s in replicas.servers]
     print("[mambaserve] ready (Ctrl-C stops)", file=sys.stderr, flush=True)
     code = 0
     while not stopping.wait(1.0):
-        dead = [i for i, s in enumerate(replicas.servers) if not s.is_alive()]
-        if dead or not replicas.front.is_alive():
-            print(f"[mambaserve] error: replica(s) {dead} or the front exited", file=sys.stderr)
+        if not replicas.front.is_alive():
+            print(f"[mambaserve] error: nginx exited: {replicas.front.error_log()}", file=sys.stderr)
             code = 1
             break
+        for i, server in enumerate(replicas.servers):
+            if server.is_alive() or stopping.is_set():
+                continue
+            dogs[i].stop()
+            print(
+                f"[mambaserve] replica {i} exited: starting it again (log {server.log_path})", file=sys.stderr
+            )
+            try:
+                server.stop()
+                server.start(wait=True)
+            except ServerError as e:
+                print(
+                    f"[mambaserve] error: replica {i} did not start: {str(e).splitlines()[0]}",
+                    file=sys.stderr,
+                )
+                continue
+            dogs[i] = start_watchdog(server)
+            print(f"[mambaserve] replica {i} ready again", file=sys.stderr, flush=True)
+    for dog in dogs:
+        dog.stop()
     replicas.stop()
     return code
 

@@ -6,8 +6,14 @@ streams, clearly, while new sequences go to the live one."""
 from __future__ import annotations
 
 import os
+import queue
+import re
 import signal
+import socket
+import subprocess
+import sys
 import threading
+import time
 import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
@@ -167,6 +173,67 @@ def http_status(url: str) -> tuple[int, str]:
             return resp.status, resp.headers.get("x-mambaserve-replica", "")
     except urllib.error.HTTPError as e:
         return e.code, e.headers.get("x-mambaserve-replica", "")
+
+
+def test_make_serve_replicas_starts_the_lot_and_restarts_a_dead_replica(model_repository, clips, offline):
+    """What `make serve REPLICAS=2` runs: the CLI, on the public ports, until SIGTERM."""
+    http_port, grpc_port = helpers.free_port(), helpers.free_port()
+    env = {**os.environ, "HTTP_PORT": str(http_port), "GRPC_PORT": str(grpc_port)}
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "mambaserve.serving.front",
+            "--repository",
+            str(model_repository),
+            "--replicas",
+            "2",
+        ],
+        env=env,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=helpers.ROOT,
+    )
+    lines: queue.Queue = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(line) for line in proc.stderr], daemon=True).start()
+
+    def wait_line(pattern: str, timeout: float = 600) -> re.Match:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                m = re.search(pattern, lines.get(timeout=1))
+            except queue.Empty:
+                assert proc.poll() is None, f"the front CLI exited with {proc.returncode}"
+                continue
+            if m:
+                return m
+        raise AssertionError(f"no line matching {pattern!r} within {timeout} s")
+
+    try:
+        pids = [int(wait_line(rf"replica {i}: .*\(pid (\d+),").group(1)) for i in range(2)]
+        wait_line(r"\] ready \(Ctrl-C stops\)")
+        with ASRClient(f"127.0.0.1:{grpc_port}") as asr:
+            assert asr.transcribe(clips[0]).text == offline[0]
+            os.killpg(pids[1], signal.SIGKILL)
+            wait_line(r"replica 1 ready again")
+            texts = asr.transcribe_many([clips[i % len(clips)] for i in range(8)], concurrency=4)
+            assert [t.text for t in texts] == [offline[i % len(clips)] for i in range(8)]
+        assert stream_final(f"127.0.0.1:{grpc_port}", clips[1]) == offline[1]
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=120) == 0
+        assert not helpers.wait_for(lambda: _listening(http_port) or _listening(grpc_port), timeout=2)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def _listening(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        return True
+    except OSError:
+        return False
 
 
 def test_a_killed_replica_fails_only_its_streams_and_new_ones_go_to_the_live_one(pair, clips, offline):
