@@ -138,6 +138,12 @@ def translate_error(
     """Map tritonclient / transport exceptions onto ServerError or ServerUnavailableError."""
     if isinstance(exc, InferenceServerException):
         status = exc.status()
+        if "RST_STREAM" in (exc.message() or ""):
+            # A proxy (the front) cut the stream: the replica that served it went away mid-sequence.
+            return ServerUnavailableError(
+                f"{protocol} server at {url}: the stream was cut before its answer (the server behind "
+                f"it went away; start the sequence again): {exc.message()}"
+            )
         if status in _UNAVAILABLE:
             kind = "timed out" if status == "StatusCode.DEADLINE_EXCEEDED" else "is unreachable"
             return ServerUnavailableError(

@@ -21,7 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 import helpers
 import pytest
 from mambaserve.clients import ASRClient, SessionClient
-from mambaserve.clients.request import ASRError
+from mambaserve.clients.request import ServerUnavailableError
 from mambaserve.clients.streaming import (
     StreamingClient,
     chunk_audio,
@@ -267,7 +267,9 @@ def test_a_killed_replica_fails_only_its_streams_and_new_ones_go_to_the_live_one
     assert failed, "no stream was on the killed replica"
     assert finished, "no stream survived on the live replica"
     for exc in failed:
-        assert isinstance(exc, ASRError) and str(exc), repr(exc)
+        # Cut mid-stream ("the stream was cut ...") or refused at its start (nginx: 502): either way the
+        # client's "try again" error, never a wrong transcript or a hang.
+        assert isinstance(exc, ServerUnavailableError) and str(exc), repr(exc)
     for i, text in finished:
         assert text == offline[i % len(clips)]
 
