@@ -121,6 +121,27 @@ def test_grpc_body_over_the_limit_is_refused(served):
     assert alive(served)
 
 
+def test_the_grpc_limit_counts_a_whole_stream(served, clip):
+    """nginx counts client_max_body_size over an HTTP/2 stream, not per message: a stream of small
+    chunks is cut once their sum passes the limit (here lowered to 1 MiB; the front's is 38 MiB)."""
+    from mambaserve.clients.request import ASRError
+    from mambaserve.clients.streaming import StreamingClient
+
+    [server] = served.servers
+    settings = front.FrontSettings(
+        listen_http=f"127.0.0.1:{helpers.free_port()}",
+        listen_grpc=f"127.0.0.1:{helpers.free_port()}",
+        extra={"GRPC_BODY_LIMIT": "1m"},
+    )
+    audio = np.tile(clip[0], int(np.ceil(24 * spec.SAMPLE_RATE / len(clip[0]))))  # 24 s: 1.5 MiB
+    backend = front.Backend(server.http_url, server.grpc_url)
+    with front.Front([backend], settings) as small, StreamingClient(small.grpc_url) as client:
+        assert client.transcribe(audio[: 8 * spec.SAMPLE_RATE], chunk_ms=1000)[-1].is_final  # 0.5 MiB
+        with pytest.raises(ASRError):
+            client.transcribe(audio, chunk_ms=1000)  # each chunk 64 KiB, all of them 1.5 MiB
+    assert alive(served)
+
+
 def test_compressed_bodies_are_refused(served, clip):
     status, body, _ = post(
         served.front.http_url, "/v2/models/asr/infer", b"\x1f\x8b", {"Content-Encoding": "gzip"}
