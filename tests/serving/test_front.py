@@ -212,9 +212,11 @@ def test_a_clip_transcribes_through_the_front_as_it_does_directly(served, clip):
     for protocol, url in (("grpc", served.front.grpc_url), ("http", served.front.http_url)):
         with ASRClient(url, protocol=protocol) as client:
             assert client.transcribe(audio).text == expected
-    status, body, _ = post(served.front.http_url, "/v2/models/asr/infer", json_infer(audio))
+    status, body, headers = post(served.front.http_url, "/v2/models/asr/infer", json_infer(audio))
     assert status == 200
     assert json.loads(body)["outputs"][0]["data"][0] == expected
+    # Inside addresses only on readiness (which replica answered), not on public answers.
+    assert "x-mambaserve-replica" not in {k.lower() for k in headers}
 
 
 class _Echo(http.server.BaseHTTPRequestHandler):
