@@ -13,8 +13,10 @@ parameters `sequence_id` / `sequence_start` / `sequence_end`.
 
 A session belongs to the client that opened it: the answer to START carries a secret (SESSION_KEY)
 that `Session` sends (as KEY) with every later request (the server refuses the session to anyone without it).
-Greedy and sampled generations stream a response per token; beam search answers with one final
-response (the whole transcript and its TOKEN_IDS), which `Session.generate` handles the same way.
+A generation answers with one final response (the whole transcript and its TOKEN_IDS: per-token
+responses crash tritonserver 2.51 when clients cancel streams); a server configured with
+``stream_tokens`` sends one response per greedy or sampled token first. `Session.generate` handles
+both; with one response a `stream()` yields only the final event (its `transcript`).
 """
 
 from __future__ import annotations

@@ -75,7 +75,10 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"[{prompt or 'no prompt'}] ", end="", flush=True)
                     times, n = [], 0
                     for event in session.stream(prompt, **settings):
-                        if event.is_final:
+                        if event.is_final:  # one final response (the server's default): the whole text
+                            if n == 0:
+                                print(event.transcript, end="", flush=True)
+                                n = len(event.token_ids)
                             break
                         print(event.text, end="", flush=True)
                         times.append(event.at)

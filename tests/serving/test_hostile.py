@@ -293,9 +293,10 @@ THREADS = 4
 
 
 def test_cancelling_a_thousand_streams_per_method_cannot_crash_the_server(hostile):
-    """Clients that cancel their gRPC stream right after the first response, in every decoding method:
-    greedy and sample stream a response per token (each send checks for cancellation), beam answers
-    with one response; 2.51 segfaults on bursts sent to a cancelled stream, so none may be sent."""
+    """Clients that cancel their gRPC stream right after the first response, in every decoding method.
+    2.51 segfaults when a decoupled model sends to a cancelled stream (per-token responses did, within
+    2 000 such cancels, beam bursts within 200); every generation answers in one response, so nothing
+    is left to send when the client walks away."""
     server, clip, _ = hostile
     audio = clip[: spec.SAMPLE_RATE // 2]  # short clips: the storm is about cancellation, not decoding
     settings = {
@@ -303,8 +304,8 @@ def test_cancelling_a_thousand_streams_per_method_cannot_crash_the_server(hostil
         "sample": {"DECODING_METHOD": b"sample", "MAX_TOKENS": 24, "MIN_TOKENS": 24, "SEED": 1},
         "beam": {"DECODING_METHOD": b"beam", "MAX_TOKENS": 8, "BEAM_SIZE": 2},
     }
-    cancelled_before = helpers.metrics(server).get(m.REJECTED, model=spec.DECODER_SESSION, reason="cancelled")
     errors: list[str] = []
+    done = [0] * THREADS
 
     def storm(worker: int) -> None:
         try:
@@ -331,6 +332,7 @@ def test_cancelling_a_thousand_streams_per_method_cannot_crash_the_server(hostil
                         errors.append(f"{method}: {error}")
                         return
                     client.stop_stream(cancel_requests=True)  # walk away right after the first answer
+                    done[worker] += 1
         except Exception as e:  # reported below; the other workers carry on
             errors.append(f"worker {worker}: {type(e).__name__}: {e}")
         finally:
@@ -344,7 +346,6 @@ def test_cancelling_a_thousand_streams_per_method_cannot_crash_the_server(hostil
     for w in workers:
         w.join()
     assert not errors, errors[:5]
-    cancelled = helpers.metrics(server).get(m.REJECTED, model=spec.DECODER_SESSION, reason="cancelled")
-    assert cancelled > cancelled_before  # the storm did reach generations still under way
+    assert sum(done) == len(settings) * (CANCELS // THREADS) * THREADS
     assert helpers.metrics(server).get(m.SLOTS_IN_USE, model=spec.DECODER_SESSION) == 0
     still_serving(hostile)

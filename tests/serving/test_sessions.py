@@ -4,7 +4,6 @@ their key, and clear errors. Hostile clients: tests/serving/test_hostile.py."""
 
 from __future__ import annotations
 
-import itertools
 import queue
 
 import numpy as np
@@ -31,9 +30,9 @@ def reference_ids(recognizer, audio, prompt=None, **kwargs) -> list[int]:
     return recognizer.decode_ids(recognizer.encode(feats, lengths), [prompt], **kwargs)[0]
 
 
-def test_tokens_stream_in_order_with_a_final_flag(triton_server, speech_clips, recognizer):
-    """Raw gRPC stream: one response per token, in generation order, then one final response that
-    carries Triton's final flag; the pieces add up to the transcript."""
+def test_each_generation_answers_in_one_final_response(triton_server, speech_clips, recognizer):
+    """Raw gRPC stream: the session's key in the answer to START; each generation (greedy, beam,
+    sample) in one response with Triton's final flag, its TOKEN_IDS the reference decoding."""
     audio = speech_clips[1][1]
     answers: queue.Queue = queue.Queue()
     client = grpcclient.InferenceServerClient(triton_server.grpc_url)
@@ -69,23 +68,20 @@ def test_tokens_stream_in_order_with_a_final_flag(triton_server, speech_clips, r
         assert len(opened) == 1 and opened[0][0]["IS_FINAL"]
         key = opened[0][0]["SESSION_KEY"]  # the session's secret: every later request carries it
         assert len(key) >= 32
-        out = request(8101, PROMPT=PROMPT.encode(), DECODING_METHOD=b"greedy", KEY=key)
-        *tokens, (final, flag) = out
-        assert flag and final["IS_FINAL"] and final["TOKEN_ID"] == -1
-        assert not any(f or row["IS_FINAL"] for row, f in tokens)
-        ids = [int(row["TOKEN_ID"]) for row, _ in tokens]
-        assert ids == reference_ids(recognizer, audio, PROMPT, method="greedy")
-        assert b"".join(row["TOKEN"] for row, _ in tokens) == final["TRANSCRIPT"]
+        # Every method answers with ONE response: the whole result and Triton's final flag (per-token
+        # responses crash 2.51 when clients cancel mid-generation; see serving/STREAMING.md).
+        (final, flag), *rest = request(8101, PROMPT=PROMPT.encode(), DECODING_METHOD=b"greedy", KEY=key)
+        assert not rest and flag and final["IS_FINAL"] and final["TOKEN_ID"] == -1
+        ids = reference_ids(recognizer, audio, PROMPT, method="greedy")
         assert final["TOKEN_IDS"] == ids and final["SESSION_KEY"] == b""
-        transcripts = [row["TRANSCRIPT"] for row, _ in tokens]  # the transcript grows token by token
-        assert all(b.startswith(a) for a, b in itertools.pairwise(transcripts))
+        assert final["TRANSCRIPT"].decode() == recognizer.tokenizer.decode(ids)
         beam = request(8101, PROMPT=PROMPT.encode(), DECODING_METHOD=b"beam", KEY=key)
-        assert len(beam) == 1 and beam[0][1]  # beam: ONE response, the whole result, the final flag
+        assert len(beam) == 1 and beam[0][1]
         assert beam[0][0]["TOKEN_IDS"] == reference_ids(recognizer, audio, PROMPT, method="beam")
         sampled = request(
             8101, end=True, DECODING_METHOD=b"sample", SEED=3, MIN_TOKENS=12, MAX_TOKENS=12, KEY=key
         )
-        assert len(sampled) == 13  # exactly 12 tokens (end-of-sequence suppressed), then the final one
+        assert len(sampled) == 1 and len(sampled[0][0]["TOKEN_IDS"]) == 12  # end-of-sequence suppressed
     finally:
         client.stop_stream()
         client.close()
