@@ -9,7 +9,7 @@ gRPC port only, so it may sit behind a proxy later.
 
 WebSocket protocol (``/ws/stream``; the full table is in clients/README.md):
 
-    client -> {"type": "start", "sample_rate": 16000, "format": "f32" | "s16", "prompt": "..."}
+    client -> {"type": "start", "sample_rate": <contract SAMPLE_RATE>, "format": "f32" | "s16", "prompt": "..."}
     client -> binary frames: little-endian mono PCM at 16 kHz (float32 or int16), any length
     client -> {"type": "stop"}                      (END: the final transcript follows)
     gateway -> {"type": "ready", "stream_id": ..., "limits": {...}}

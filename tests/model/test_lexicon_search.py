@@ -107,7 +107,7 @@ def test_recognizer_offers_ctc_lm_when_the_checkpoint_ships_an_lm(tmp_path, spee
     from mambaserve.model.recognizer import Recognizer
 
     ckpt = tmp_path / "ckpt"
-    shutil.copytree(helpers.CHECKPOINT, ckpt)
+    shutil.copytree(helpers.CHECKPOINT, ckpt, ignore=shutil.ignore_patterns("lm.arpa.gz", "lexicon.txt"))
     assert "ctc_lm" not in Recognizer(ckpt).methods
     write_lm(ckpt, [text for text, _ in speech_clips] + list(SENTENCES), order=3, n_general=0)
     rec = Recognizer(ckpt)
