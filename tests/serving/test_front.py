@@ -225,6 +225,9 @@ class _Echo(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
 
     def do_GET(self):
+        # read the request body: on a kept-alive upstream connection an unread body would be taken
+        # for the start of the next request (501)
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
         body = json.dumps({k.lower(): v for k, v in self.headers.items()}).encode()
         self.send_response(200)
         self.send_header("Content-Length", str(len(body)))
