@@ -19,6 +19,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from mambaserve.model.lexicon_search import parse_hotwords
 from mambaserve.model.text_norm import normalize_text
 
 from .text_corpus import MAX_WORDS, common_words, stable_fraction
@@ -226,8 +227,8 @@ def make_prompt(
 
 
 def parse_prompt(prompt: str) -> list[str]:
-    """The words of a prompt made by `make_prompt` (normalised, in order)."""
-    return [w for w in (normalize_text(p) for p in prompt.split(",")) if w]
+    """The words of a prompt made by `make_prompt` (normalised, in order): the serving rule."""
+    return parse_hotwords(prompt)
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 import soundfile as sf
 import torch
+from mambaserve.model.ctc import ctc_greedy
 from mambaserve.model.lexicon_search import parse_hotwords
 from mambaserve.model.recognizer import CTC_LM, Recognizer
 from mambaserve.model.scoring import score
@@ -120,7 +121,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         lp = ctc_outputs(rec, items)
         greedy = score(
             [it["text"] for it in items],
-            [rec.tokenizer.decode(_collapse(x.argmax(-1), rec.config.blank_id)) for x in lp],
+            [
+                rec.tokenizer.decode(ctc_greedy(torch.from_numpy(x)[None], [len(x)], rec.config.blank_id)[0])
+                for x in lp
+            ],
         )
         res = {"ctc_greedy": {"wer": greedy.wer, "cer": greedy.cer}}
         res["ctc_lm"] = run(rec, lp, items, False, **chosen)
@@ -146,15 +150,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         cfg_path.write_text(json.dumps(cfg, indent=2) + "\n")
         print(f"wrote the chosen settings into {cfg_path}")
     return 0
-
-
-def _collapse(ids: np.ndarray, blank: int) -> list[int]:
-    out, prev = [], -1
-    for i in ids.tolist():
-        if i != prev and i != blank:
-            out.append(i)
-        prev = i
-    return out
 
 
 if __name__ == "__main__":
