@@ -113,6 +113,13 @@ def main(argv: list[str] | None = None) -> int:
         help=f"live decoder sessions one client ({spec.CLIENT_ID_HEADER}) may hold (default: %(default)s)",
     )
     parser.add_argument(
+        "--stream-slots-per-client",
+        type=int,
+        default=spec.STREAM_SLOTS_PER_CLIENT,
+        help=f"live asr_streaming sequences one client ({spec.CLIENT_ID_HEADER}) may hold per instance "
+        "(default: %(default)s)",
+    )
+    parser.add_argument(
         "--session-min-audio-s",
         type=float,
         default=spec.MIN_SESSION_AUDIO_SECONDS,
@@ -152,6 +159,7 @@ def main(argv: list[str] | None = None) -> int:
             max_queue_delay_us=args.max_queue_delay_us,
             verify_load=not args.no_verify_load,
             stream_slots=args.stream_slots,
+            stream_slots_per_client=args.stream_slots_per_client,
             stream_idle_s=args.stream_idle_s,
             session_slots=args.session_slots,
             session_idle_s=args.session_idle_s,

@@ -92,6 +92,8 @@ class BuildOptions:
     """Start a real tritonserver on the staged repository before installing it."""
     stream_slots: int = spec.STREAM_SLOTS
     """Concurrent `asr_streaming` sequences per streaming_encoder instance (its slot pool)."""
+    stream_slots_per_client: int = spec.STREAM_SLOTS_PER_CLIENT
+    """Live `asr_streaming` sequences one client (the forwarded x-client-id) may hold per instance."""
     stream_idle_s: float = spec.STREAM_IDLE_SECONDS
     """max_sequence_idle of asr_streaming: slots of sequences idle this long are freed."""
     session_slots: int = spec.SESSION_SLOTS
@@ -112,8 +114,8 @@ class BuildOptions:
     def __post_init__(self) -> None:
         if self.stream_slots < 1 or self.session_slots < 1:
             raise ValueError("stream_slots and session_slots must be >= 1")
-        if self.session_slots_per_client < 1:
-            raise ValueError("session_slots_per_client must be >= 1")
+        if self.session_slots_per_client < 1 or self.stream_slots_per_client < 1:
+            raise ValueError("session_slots_per_client and stream_slots_per_client must be >= 1")
         if not self.session_min_audio_s >= 0:
             raise ValueError("session_min_audio_s must be >= 0 seconds")
         if not (self.stream_idle_s > 0 and self.session_idle_s > 0):
@@ -527,7 +529,13 @@ def _stateful_configs(specs, options: BuildOptions) -> dict:
             specs[enc],
             backend="python",
             sequence=sequence,
-            deployment=deployment(enc, {"max_sequences": str(slots)}),
+            deployment=deployment(
+                enc,
+                {
+                    "max_sequences": str(slots),
+                    "max_sequences_per_client": str(min(slots, options.stream_slots_per_client)),
+                },
+            ),
         ),
         # The decoder's pool is twice the encoder's: a sequence that ended in the encoder may still be
         # queued here while a new one starts (see backends/streaming_decoder.py).

@@ -71,13 +71,14 @@ STATEFUL_REJECTION_REASONS = (
     "unknown_sequence",
     "live_sequence",
     "wrong_key",
+    "wrong_client",
     "invalid_input",
     "prompt",
     "decode_error",
 )
 """Why a stateful model refuses a request of a sequence (mambaserve_requests_rejected_total): no live
 sequence for its correlation ID (never started, ended, or reaped), START on a live one, a session
-request without its key, bad data, a bad PROMPT, a failure."""
+request without its key, a stream request from another client than the one that started it, bad data, a bad PROMPT, a failure."""
 INTERNAL = "internal"
 """A batch-level failure inside a model (not the client's fault)."""
 

@@ -13,10 +13,12 @@ and must take them back itself. :class:`StatePool` does that for all of them, th
   own cap (``per_owner``) with :class:`OwnerCapError`, and nobody else notices; any other request must
   name a live sequence, else :class:`UnknownSequenceError` says whether it was never started, already
   ended, or reaped after being idle; ``END`` frees the slot;
-- owners and keys (sessions): a sequence may be started with a secret key (``secrets.token_urlsafe``,
-  returned to the client that started it) that every later request must carry
+- owners and keys: a sequence may be started with a secret key (``secrets.token_urlsafe``,
+  returned to the client that started it: sessions) that every later request must carry
   (:class:`WrongKeyError`, the sequence untouched), and with its client's id (forwarded by the
   front proxy as the ``x-client-id`` header, see :func:`client_of`), which the per-client cap counts;
+  a keyless sequence (a stream) started by an identified client is bound to it: a request of another
+  client id is refused (:class:`WrongClientError`, the sequence untouched);
 - the state bound to each slot (the engines' tensor rows and any per-slot Python values,
   :class:`PerSlot`): reset when a sequence starts in a slot, released when the slot is freed;
 - the idle reaper (a thread freeing slots idle longer than the sequence batcher's
@@ -88,6 +90,13 @@ class WrongKeyError(SequenceError):
     """A request without the key its sequence was started with: refused, the sequence untouched."""
 
     reason = "wrong_key"
+
+
+class WrongClientError(SequenceError):
+    """A request from another client than the one that started its keyless sequence (a stream):
+    refused, the sequence untouched."""
+
+    reason = "wrong_client"
 
 
 KEY_BYTES = 24
@@ -191,12 +200,19 @@ class SlotPool:
             raise error
         return slot
 
-    def get(self, key: Hashable, secret: str | None = None) -> int:
+    def get(self, key: Hashable, secret: str | None = None, owner: str | None = None) -> int:
         """The slot of a live sequence; UnknownSequenceError naming why there is none, WrongKeyError
-        (the sequence untouched: not even its idle clock) when it was started with another key."""
+        (the sequence untouched: not even its idle clock) when it was started with another key, and
+        WrongClientError when a keyless sequence started by an identified client gets a request from
+        another (``owner`` None: not checked)."""
         with self._lock:
             entry = self._live.get(key)
             if entry is not None:
+                if owner is not None and not entry.secret and entry.owner and owner != entry.owner:
+                    raise WrongClientError(
+                        f"{self.what} {key!r} belongs to the client that started it: this request comes "
+                        f"from another client (x-client-id); use your own correlation ID"
+                    )
                 if entry.secret and not hmac.compare_digest(entry.secret, secret or ""):
                     raise WrongKeyError(
                         f"{self.what} {key!r} belongs to the client that started it: this request "
@@ -545,7 +561,7 @@ class StatePool:
         with ``keys``, a new secret key; any other request needs a live sequence and, if it was started
         with a key, that key (``secret``). Raises :class:`SequenceError` (pass it to :meth:`refused`)."""
         if not seq.start:
-            return self.slots.get(seq.key, secret), ""
+            return self.slots.get(seq.key, secret, owner=seq.client), ""
         key = secrets.token_urlsafe(KEY_BYTES) if self.keys else ""
         slot = self.slots.start(seq.key, owner=seq.client, secret=key)
         for state in self._states:

@@ -35,6 +35,8 @@ class TritonPythonModel:
             capacity_parameter="max_sequences",
             default_capacity=spec.STREAM_SLOTS,
             default_idle_s=spec.STREAM_IDLE_SECONDS,
+            per_owner_parameter="max_sequences_per_client",
+            default_per_owner=spec.STREAM_SLOTS_PER_CLIENT,
         )
         self.engine = EncoderStreams(recognizer.model, self.states.capacity, recognizer.device)
         self.samples_total = PerSlot(self.states.capacity, int)

@@ -1,7 +1,7 @@
 """Hostile clients against the real tritonserver (issue 15): none can crash the server, take it over or
 read another's session, and each refusal carries a status code that says whose fault it is.
 
-One server, built with small pools (4 session slots, 2 per client, 2 stream slots) and started with
+One server, built with small pools (4 session slots, 2 per client, 2 stream slots, 1 per client) and started with
 the client-id header forwarded (``--grpc/http-header-forward-pattern``, as the front proxy deploys
 it). After every attack the server must still transcribe a normal clip exactly as before it.
 """
@@ -34,6 +34,7 @@ pytestmark = pytest.mark.server
 SESSION_SLOTS = 4
 PER_CLIENT = 2
 STREAM_SLOTS = 2
+STREAMS_PER_CLIENT = 1
 FORWARD = f"^{spec.CLIENT_ID_HEADER}$"
 _IDS = itertools.count(700_001)
 
@@ -46,6 +47,7 @@ def hostile(model_repository, checkpoint_dir, tmp_path_factory, speech_clips):
     options = BuildOptions(
         verify_load=False,
         stream_slots=STREAM_SLOTS,
+        stream_slots_per_client=STREAMS_PER_CLIENT,
         session_slots=SESSION_SLOTS,
         session_slots_per_client=PER_CLIENT,
     )
@@ -83,11 +85,11 @@ def still_serving(hostile) -> None:
 
 
 # -- raw requests (status codes as the frontends answer them) -----------------------------------
-def grpc_status(server, model: str, audio: np.ndarray, **sequence) -> str:
+def grpc_status(server, model: str, audio: np.ndarray, headers: dict | None = None, **sequence) -> str:
     client = grpcclient.InferenceServerClient(server.grpc_url)
     try:
         with pytest.raises(InferenceServerException) as e:
-            client.infer(model, chunk_inputs(grpcclient, audio, None), **sequence)
+            client.infer(model, chunk_inputs(grpcclient, audio, None), headers=headers, **sequence)
         return f"{e.value.status()}: {e.value.message()}"
     finally:
         client.close()
@@ -103,15 +105,17 @@ def http_status(server, model: str, audio: np.ndarray, **sequence) -> str:
         client.close()
 
 
-def send_chunk(server, audio: np.ndarray, sid: int, start=False, end=False) -> None:
+def send_chunk(server, audio: np.ndarray, sid: int, start=False, end=False, client_id: str | None = None):
+    """One asr_streaming chunk over gRPC (as client ``client_id``: the header the front sets)."""
     client = grpcclient.InferenceServerClient(server.grpc_url)
     try:
-        client.infer(
+        return client.infer(
             spec.ASR_STREAMING,
             chunk_inputs(grpcclient, audio, None),
             sequence_id=sid,
             sequence_start=start,
             sequence_end=end,
+            headers={spec.CLIENT_ID_HEADER: client_id} if client_id else None,
         )
     finally:
         client.close()
@@ -172,15 +176,15 @@ def test_client_errors_are_invalid_argument_and_http_400(hostile):
 def test_full_pools_are_unavailable_and_http_503(hostile):
     server, clip, _ = hostile
     chunk = clip[:4800]
-    live = [next(_IDS) for _ in range(STREAM_SLOTS)]
-    for sid in live:
-        send_chunk(server, chunk, sid, start=True)
+    live = {next(_IDS): f"streamer-{k}" for k in range(STREAM_SLOTS)}  # one stream per client: the cap
+    for sid, who in live.items():
+        send_chunk(server, chunk, sid, start=True, client_id=who)
     status = grpc_status(server, spec.ASR_STREAMING, chunk, sequence_id=next(_IDS), sequence_start=True)
     assert status.startswith("StatusCode.UNAVAILABLE: ") and "sequence slots are in use" in status
     status = http_status(server, spec.ASR_STREAMING, chunk, sequence_id=next(_IDS), sequence_start=True)
     assert status.startswith("503: ") and "sequence slots are in use" in status, status
-    for sid in live:
-        send_chunk(server, chunk, sid, end=True)
+    for sid, who in live.items():
+        send_chunk(server, chunk, sid, end=True, client_id=who)
 
     # Sessions (gRPC streams, the client id forwarded from the header the proxy sets): client a reaches
     # its cap while client b still gets slots, until the pool is full. A gRPC stream carries the message
@@ -284,6 +288,60 @@ def test_a_second_start_on_a_live_stream_is_refused_not_mixed(hostile):
             client.close()
 
     assert run(next(_IDS), intrude=True) == run(next(_IDS), intrude=False)
+    still_serving(hostile)
+
+
+def test_a_stream_takes_chunks_from_its_own_client_only(hostile):
+    """A stream started by client a refuses chunks from client b, untouched: a's final is what it is
+    without the intruder. (An END from b is refused by the model too, but tritonserver's sequence
+    batcher closes its own record of the sequence first: see serving/STREAMING.md, "Owners".)"""
+    server, clip, _ = hostile
+    other = helpers.espeak("one two three four five six seven")
+    pieces = [clip[i : i + 4800] for i in range(0, len(clip), 4800)]
+    rejected = helpers.metrics(server).get(m.REJECTED, model=spec.STREAMING_ENCODER, reason="wrong_client")
+
+    def final(sid: int, intrude: bool) -> str:
+        last = None
+        for k, piece in enumerate(pieces):
+            last = send_chunk(server, piece, sid, start=k == 0, end=k == len(pieces) - 1, client_id="a")
+            if intrude and k < 2:
+                status = grpc_status(
+                    server,
+                    spec.ASR_STREAMING,
+                    other[:4800],
+                    headers={spec.CLIENT_ID_HEADER: "b"},
+                    sequence_id=sid,
+                )
+                assert status.startswith("StatusCode.INVALID_ARGUMENT: "), status
+                assert f"sequence {sid} belongs to the client that started it" in status, status
+        return last.as_numpy(spec.TRANSCRIPT.name).reshape(-1)[0].decode()
+
+    assert final(next(_IDS), intrude=True) == final(next(_IDS), intrude=False)
+    after = helpers.metrics(server).get(m.REJECTED, model=spec.STREAMING_ENCODER, reason="wrong_client")
+    assert after == rejected + 2
+    still_serving(hostile)
+
+
+def test_one_client_cannot_take_every_stream_slot(hostile):
+    """Client a at its stream cap is refused (UNAVAILABLE, naming the cap) while client b still starts one."""
+    server, clip, _ = hostile
+    chunk = clip[:4800]
+    mine = next(_IDS)
+    send_chunk(server, chunk, mine, start=True, client_id="a")
+    status = grpc_status(
+        server,
+        spec.ASR_STREAMING,
+        chunk,
+        headers={spec.CLIENT_ID_HEADER: "a"},
+        sequence_id=next(_IDS),
+        sequence_start=True,
+    )
+    assert status.startswith("StatusCode.UNAVAILABLE: "), status
+    assert f"client 'a' already hold(s) {STREAMS_PER_CLIENT} live sequences" in status, status
+    theirs = next(_IDS)
+    send_chunk(server, chunk, theirs, start=True, client_id="b")
+    send_chunk(server, chunk, mine, end=True, client_id="a")
+    send_chunk(server, chunk, theirs, end=True, client_id="b")
     still_serving(hostile)
 
 

@@ -25,6 +25,7 @@ from mambaserve.serving.state import (
     PoolFullError,
     SlotPool,
     UnknownSequenceError,
+    WrongClientError,
     WrongKeyError,
     client_of,
     distinct_rounds,
@@ -78,6 +79,23 @@ def test_keys_owners_and_caps():
     assert client_of({"X-Client-Id": "a", "other": 1}) == "a" and client_of({}) == ""
     # the header tritonserver forwards comes after a parameter the client set under the same name
     assert client_of([("x-client-id", "spoof"), ("x-client-id", "10.0.0.9")]) == "10.0.0.9"
+
+
+def test_keyless_sequences_are_bound_to_the_client_that_started_them():
+    clock = Clock()
+    pool = SlotPool(4, 5.0, clock=clock)
+    slot = pool.start(1, owner="10.0.0.1")
+    clock.now = 4.0
+    for other in ("10.0.0.2", ""):
+        with pytest.raises(WrongClientError, match="belongs to the client that started it"):
+            pool.get(1, owner=other)
+    clock.now = 5.5  # refused requests did not keep it alive; the owner's does
+    assert pool.get(1, owner="10.0.0.1") == slot
+    anonymous = pool.start(2)  # started by an unidentified client: nothing to bind to
+    assert pool.get(2, owner="10.0.0.9") == anonymous and pool.get(2) == anonymous
+    keyed = pool.start(3, owner="10.0.0.1", secret="k")  # sessions: the key is the binding
+    assert pool.get(3, "k", owner="") == keyed
+    assert error_code(WrongClientError("x")) == INVALID_ARG
 
 
 def test_errors_carry_their_status_code():
