@@ -16,7 +16,7 @@ export HTTP_PORT GRPC_PORT METRICS_PORT
 help:
 	@echo "make demo   - set up, build the model repository, start tritonserver, transcribe the sample clips"
 	@echo "make test   - set up and run the test suite (real tritonserver, real clients)"
-	@echo "make train  - regenerate data and retrain the default checkpoint (~60 min on 2 CPU cores)"
+	@echo "make train  - regenerate data and retrain the default checkpoint (~2.5 h on 2 CPU cores; TRAIN_ARGS=--resume continues)"
 	@echo "make serve  - run tritonserver in the foreground on $(REPO)"
 	@echo "make web    - the page that listens (clients/web) on http://127.0.0.1:$(WEB_PORT)/, next to make serve"
 	@echo "make bench / bench-kernels / soak / lint"
@@ -78,8 +78,10 @@ data: venv system-deps
 eval-data: venv system-deps
 	$(PY) -m mambaserve.training.evalsets --out data/eval
 
+# e.g. make train TRAIN_ARGS="--resume --eval-limit 100 --baseline-limit 100" (limits: the first N items per set)
+TRAIN_ARGS ?=
 train: venv system-deps
-	$(PY) -m mambaserve.training.make_default --out $(CHECKPOINT)
+	$(PY) -m mambaserve.training.make_default --out $(CHECKPOINT) $(TRAIN_ARGS)
 
 # Every test set x {mambaserve, pocketsphinx, Whisper tiny.en} -> benchmarks/ACCURACY.md (+ accuracy.json);
 # e.g. make evaluate EVALUATE_ARGS="--limit 50". One checkpoint on one set: python -m mambaserve.training.evaluate.
