@@ -162,13 +162,14 @@ class TritonPythonModel:
         self.work.generate([0], logits, [self.defaults], [4], self.config.eos_id)
 
     # -- requests --------------------------------------------------------------------------------
-    def _text_input(self, request, tensor: spec.TensorSpec) -> list[int]:
+    def _text_input(self, request, tensor: spec.TensorSpec) -> tuple[list[int], str]:
+        """The input's token ids (validated) and its text ("" when absent)."""
         raw = pb_utils.get_input_tensor_by_name(request, tensor.name)
         if raw is None:
-            return []
+            return [], ""
         try:
             text = decode_prompts(raw.as_numpy(), 1)[0]
-            return self.recognizer.validate_prompt(text)
+            return self.recognizer.validate_prompt(text), text or ""
         except ValueError as e:
             message = str(e).replace(f"'{spec.PROMPT.name}'", f"'{tensor.name}'")
             raise ValueError(
@@ -206,11 +207,9 @@ class TritonPythonModel:
             item.secret = (value if isinstance(value, bytes) else str(value).encode())[:256].decode(
                 "utf-8", errors="replace"
             )
-        item.prompt = self._text_input(request, spec.PROMPT)
-        raw_prompt = pb_utils.get_input_tensor_by_name(request, spec.PROMPT.name)
-        if raw_prompt is not None:
-            item.hotwords = parse_hotwords(decode_prompts(raw_prompt.as_numpy(), 1)[0] or "")
-        item.context = self._text_input(request, spec.CONTEXT)
+        item.prompt, prompt_text = self._text_input(request, spec.PROMPT)
+        item.hotwords = parse_hotwords(prompt_text)
+        item.context, _ = self._text_input(request, spec.CONTEXT)
         values = {}
         for t in spec.SESSION_SETTINGS:
             tensor = pb_utils.get_input_tensor_by_name(request, t.name)
