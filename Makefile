@@ -85,7 +85,7 @@ train: venv system-deps
 
 # Every test set x {mambaserve, pocketsphinx, Whisper tiny.en} -> benchmarks/ACCURACY.md (+ accuracy.json);
 # e.g. make evaluate EVALUATE_ARGS="--limit 50". One checkpoint on one set: python -m mambaserve.training.evaluate.
-EVAL_CORPUS ?= data/corpus2
+EVAL_CORPUS ?= data/corpus
 EVAL_DIR ?= data/eval
 EVALUATE_ARGS ?=
 evaluate: venv

@@ -641,7 +641,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--checkpoint", required=True)
     parser.add_argument("--sets", nargs="+", default=list(SETS), help="set names (SETS) or .jsonl paths")
-    parser.add_argument("--corpus", type=Path, default=Path("data/corpus2"), help="folder of the test_* sets")
+    parser.add_argument("--corpus", type=Path, default=Path("data/corpus"), help="folder of the test_* sets")
     parser.add_argument("--eval-dir", type=Path, default=Path("data/eval"), help="folder of the eval_* sets")
     parser.add_argument("--systems", nargs="+", choices=SYSTEMS, default=list(SYSTEMS))
     parser.add_argument("--limit", type=int, default=None, help="only the first N items of each set")

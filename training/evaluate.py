@@ -1,6 +1,6 @@
 """Evaluate a checkpoint on a manifest: WER/CER (jiwer, normalised text) of each decoding method.
 
-    python -m mambaserve.training.evaluate --checkpoint checkpoints/default --manifest data/corpus2/test_espeak.jsonl
+    python -m mambaserve.training.evaluate --checkpoint checkpoints/default --manifest data/corpus/test_espeak.jsonl
 
 The last line printed is one JSON object: ``n``, ``method``, ``wer``, ``cer`` and ``rtfx`` of the
 checkpoint's default decoding method, plus a block per method (the methods the Recognizer and the

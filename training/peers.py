@@ -1,6 +1,6 @@
 """The systems mambaserve is compared against, behind one interface.
 
-    python -m mambaserve.training.peers --system whisper-tiny.en --manifest data/corpus2/test_piper.jsonl [--limit N]
+    python -m mambaserve.training.peers --system whisper-tiny.en --manifest data/corpus/test_piper.jsonl [--limit N]
 
 * ``pocketsphinx``: pocketsphinx's default en-us acoustic model, dictionary and 3-gram LM, all inside
   its wheel (a classical recogniser; no network, no download).
