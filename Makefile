@@ -11,12 +11,13 @@ GRPC_PORT ?= 8001
 METRICS_PORT ?= 8002
 export HTTP_PORT GRPC_PORT METRICS_PORT
 
-.PHONY: help venv system-deps demo test test-slow lint data eval-data train evaluate repo serve web bench bench-kernels gpu-check gpu-check-clips gpu-check-dry-run soak clean
+.PHONY: help venv system-deps demo test test-slow lint data eval-data train train-quick evaluate repo serve web bench bench-kernels gpu-check gpu-check-clips gpu-check-dry-run soak clean
 
 help:
 	@echo "make demo   - set up, build the model repository, start tritonserver, transcribe the sample clips"
 	@echo "make test   - set up and run the test suite (real tritonserver, real clients)"
 	@echo "make train  - regenerate data and retrain the default checkpoint (~2.5 h on 2 CPU cores; TRAIN_ARGS=--resume continues)"
+	@echo "make train-quick - the quick recipe (6 000 items, 12 min of training) into checkpoints/quick"
 	@echo "make serve  - run tritonserver in the foreground on $(REPO)"
 	@echo "make web    - the page that listens (clients/web) on http://127.0.0.1:$(WEB_PORT)/, next to make serve"
 	@echo "make bench / bench-kernels / soak / lint"
@@ -82,6 +83,13 @@ eval-data: venv system-deps
 TRAIN_ARGS ?=
 train: venv system-deps
 	$(PY) -m mambaserve.training.make_default --out $(CHECKPOINT) $(TRAIN_ARGS)
+
+# The quick variant: 6 000 training items, 12 minutes of training, ctc_lm evaluated on 50 items per set
+# (sized for <= 30 minutes on 2 cores; writes checkpoints/quick, never the default).
+train-quick: venv system-deps
+	$(PY) -m mambaserve.training.make_default --out checkpoints/quick --corpus data/corpus-quick \
+	  --run runs/quick --n-train 6000 --set max_minutes=12 --eval-limit 50 --eval-methods ctc_lm ctc_greedy \
+	  --baseline-limit 20 $(TRAIN_ARGS)
 
 # Every test set x {mambaserve, pocketsphinx, Whisper tiny.en} -> benchmarks/ACCURACY.md (+ accuracy.json);
 # e.g. make evaluate EVALUATE_ARGS="--limit 50". One checkpoint on one set: python -m mambaserve.training.evaluate.

@@ -185,6 +185,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--baseline-limit", type=int, default=None, help="items per set for pocketsphinx")
     parser.add_argument("--eval-limit", type=int, default=None, help="items per test set for mambaserve")
     parser.add_argument(
+        "--n-train", type=int, default=30_000, help="training utterances when the corpus is made here"
+    )
+    parser.add_argument(
         "--eval-methods",
         nargs="+",
         default=list(METHODS),
@@ -211,7 +214,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         data = json.loads(summary_path.read_text())
         timings["data synthesis (corpus reused)"] = time.perf_counter() - t0
     else:
-        data = build_corpus(corpus)
+        data = build_corpus(corpus, n_train=args.n_train)
         timings["data synthesis"] = time.perf_counter() - t0
 
     t0 = _stage("training")
