@@ -209,8 +209,9 @@ MAX_STREAM_SECONDS = 600.0
 STREAM_SLOTS = 256
 """Concurrent sequences each streaming model instance holds state for (its slot pool)."""
 STREAM_SLOTS_PER_CLIENT = 128
-"""Live `asr_streaming` sequences one client (the forwarded CLIENT_ID_HEADER; all unidentified clients
-share one cap) may hold per streaming_encoder instance: half the pool, so one client cannot take it all."""
+"""Live `asr_streaming` sequences one client (the forwarded CLIENT_ID_HEADER) may hold per
+streaming_encoder instance: half the pool, so one client cannot take it all. Requests without the
+header (direct, on loopback) are not capped: behind the front every request has one."""
 STREAM_IDLE_SECONDS = 15.0
 """max_sequence_idle_microseconds of asr_streaming: an abandoned sequence's slot is freed after this."""
 SESSION_SLOTS = 10_000

@@ -125,6 +125,7 @@ class SlotPool:
         on_free: Callable[[int], None] | None = None,
         on_change: Callable[[SlotPool], None] | None = None,
         per_owner: int | None = None,
+        cap_unidentified: bool = True,
     ):
         if capacity < 1:
             raise ValueError(f"slot pool capacity must be >= 1, got {capacity}")
@@ -135,6 +136,9 @@ class SlotPool:
         self.what = what
         self.per_owner = per_owner
         """Most live sequences one owner (client id; "" for unidentified clients) may hold; None: no cap."""
+        self.cap_unidentified = cap_unidentified
+        """False: unidentified clients ("") are not capped (streams: behind the front every request has an
+        id; without it tritonserver listens on loopback only)."""
         self._owned: dict[str, int] = {}
         self._clock = clock
         self._on_free = on_free
@@ -182,7 +186,11 @@ class SlotPool:
                     f"cannot start {self.what} {key!r}: all {self.capacity} {self.what} slots are in use "
                     f"(the limit of concurrent {self.what}s); retry when one ends, or raise the limit"
                 )
-            elif self.per_owner is not None and self._owned.get(owner, 0) >= self.per_owner:
+            elif (
+                self.per_owner is not None
+                and (owner or self.cap_unidentified)
+                and self._owned.get(owner, 0) >= self.per_owner
+            ):
                 self.owner_rejected_total += 1
                 who = f"client {owner!r}" if owner else "unidentified clients (no x-client-id)"
                 error = OwnerCapError(
@@ -514,6 +522,7 @@ class StatePool:
         default_idle_s: float,
         per_owner_parameter: str | None = None,
         default_per_owner: int | None = None,
+        cap_unidentified: bool = True,
         keys: bool = False,
     ) -> None:
         self.model = model
@@ -537,6 +546,7 @@ class StatePool:
             on_free=self._release,
             on_change=self._slot_metrics.update,
             per_owner=self.per_owner,
+            cap_unidentified=cap_unidentified,
         )
 
     def bind(self, *states: SlotState) -> None:

@@ -37,6 +37,7 @@ class TritonPythonModel:
             default_idle_s=spec.STREAM_IDLE_SECONDS,
             per_owner_parameter="max_sequences_per_client",
             default_per_owner=spec.STREAM_SLOTS_PER_CLIENT,
+            cap_unidentified=False,
         )
         self.engine = EncoderStreams(recognizer.model, self.states.capacity, recognizer.device)
         self.samples_total = PerSlot(self.states.capacity, int)

@@ -95,6 +95,11 @@ def test_keyless_sequences_are_bound_to_the_client_that_started_them():
     assert pool.get(2, owner="10.0.0.9") == anonymous and pool.get(2) == anonymous
     keyed = pool.start(3, owner="10.0.0.1", secret="k")  # sessions: the key is the binding
     assert pool.get(3, "k", owner="") == keyed
+    streams = SlotPool(4, 5.0, per_owner=1, cap_unidentified=False)
+    streams.start(1), streams.start(2)  # unidentified: not capped
+    streams.start(3, owner="a")
+    with pytest.raises(OwnerCapError):
+        streams.start(4, owner="a")
     assert error_code(WrongClientError("x")) == INVALID_ARG
 
 
