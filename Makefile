@@ -16,7 +16,7 @@ export HTTP_PORT GRPC_PORT METRICS_PORT
 help:
 	@echo "make demo   - set up, build the model repository, start tritonserver, transcribe the sample clips"
 	@echo "make test   - set up and run the test suite (real tritonserver, real clients)"
-	@echo "make train  - regenerate data and retrain the default checkpoint (~2.5 h on 2 CPU cores; TRAIN_ARGS=--resume continues)"
+	@echo "make train  - regenerate data and retrain the default checkpoint (~2 h on 2 CPU cores: corpus 43 min, training 65, the rest ~12; TRAIN_ARGS=--resume continues)"
 	@echo "make train-quick - the quick recipe (6 000 items, 12 min of training) into checkpoints/quick"
 	@echo "make serve  - run tritonserver in the foreground on $(REPO)"
 	@echo "make web    - the page that listens (clients/web) on http://127.0.0.1:$(WEB_PORT)/, next to make serve"
